@@ -1,0 +1,262 @@
+"""The generic pretraining loop, online-probe evaluation and the eval-as-checkpoints-appear job.
+
+The trainer is the same for every algorithm: it takes a `common.method.Method` factory and plain
+config objects. State that must survive a restart (model, optimizer slots and step, the data
+iterator's position, the metric accumulators) lives in one `tf.train.Checkpoint`, and every random
+number is a stateless function of (seed, step, replica), so a resumed run continues the same stream.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from typing import Callable
+
+import tensorflow as tf
+
+from common import augment as augment_lib
+from common import checkpoints
+from common import data as data_lib
+from common import distribute
+from common import optim as optim_lib
+from common import reporting
+from common import schedules
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """How long, how big, where, and how often: everything the loop itself needs.
+
+    Attributes:
+      model_dir: checkpoints, TensorBoard summaries and result files go here.
+      train_steps: optimizer steps in the whole run (resolved from epochs by the caller).
+      train_batch_size: global batch (all replicas).
+      eval_batch_size: global batch for evaluation.
+      steps_per_loop: steps run inside one tf.function call between reports.
+      checkpoint_steps: save every this many steps (and always at the end).
+      keep_checkpoint_max: checkpoints kept on disk.
+      lr: the learning-rate schedule.
+      optim: the optimizer.
+      seed: the run's seed; data order, augmentations and vMF samples derive from it.
+      checkpoint_data_iterator: save the input pipeline's position (exact resume); costs the
+        shuffle buffer's size in every checkpoint.
+      eval_timeout_secs: the eval job gives up waiting for a new checkpoint after this long.
+    """
+    model_dir: str
+    train_steps: int
+    train_batch_size: int
+    eval_batch_size: int = 256
+    steps_per_loop: int = 100
+    checkpoint_steps: int = 1000
+    keep_checkpoint_max: int = 5
+    lr: schedules.LRConfig = None
+    optim: optim_lib.OptimConfig = optim_lib.OptimConfig()
+    seed: int = 0
+    checkpoint_data_iterator: bool = True
+    eval_timeout_secs: float = 3600.0
+
+    def __post_init__(self):
+        for name in ("train_steps", "train_batch_size", "eval_batch_size", "steps_per_loop",
+                     "checkpoint_steps", "keep_checkpoint_max"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.lr is None:
+            raise ValueError("TrainConfig.lr (a schedules.LRConfig) is required")
+
+
+def step_seed(seed: int, step: tf.Tensor) -> tf.Tensor:
+    """A stateless seed [2] unique to (run seed, step, replica)."""
+    base = tf.constant([seed, 0x5EED], tf.int32)
+    s = tf.random.experimental.stateless_fold_in(base, tf.cast(step, tf.int32))
+    return tf.random.experimental.stateless_fold_in(s, distribute.replica_id())
+
+
+class Pretrainer:
+    """Builds the method, optimizer, data and checkpoint for one run, then trains it.
+
+    Args:
+      method_fn: `num_classes -> Method`, called inside the strategy's scope.
+      cfg: the loop's TrainConfig.
+      data_cfg, aug_cfg: the training data and its augmentation.
+      strategy: a tf.distribute strategy (common.distribute.get_strategy()).
+      dataset_fn: `input_context -> tf.data.Dataset` of per-replica batches; the two-view
+        pretraining pipeline by default.
+      print_fn: where progress lines go.
+    """
+
+    def __init__(self, method_fn: Callable, cfg: TrainConfig, data_cfg: data_lib.DataConfig,
+                 aug_cfg: augment_lib.AugmentConfig, strategy: tf.distribute.Strategy,
+                 dataset_fn: Callable | None = None, print_fn=print):
+        self.cfg = cfg
+        self.data_cfg = data_cfg
+        self.aug_cfg = aug_cfg
+        self.strategy = strategy
+        self.print_fn = print_fn
+        n = strategy.num_replicas_in_sync
+        if cfg.train_batch_size % n:
+            raise ValueError(f"train_batch_size={cfg.train_batch_size} is not divisible by the "
+                             f"{n} replicas; pass a multiple of {n}.")
+        self.info = data_lib.dataset_info(data_cfg)
+        with strategy.scope():
+            self.method = method_fn(self.info.num_classes)
+            self.variables = self.method.optimized_variables()
+            self.optimizer = optim_lib.build_optimizer(cfg.optim.name, self.variables, cfg.optim)
+            self.metrics = reporting.MetricAccumulator(
+                tuple(self.method.metric_names) + ("loss", "learning_rate"))
+        if dataset_fn is None:
+            dataset_fn = lambda ctx: data_lib.pretrain_dataset(  # noqa: E731
+                data_cfg, aug_cfg, cfg.train_batch_size, ctx)
+        self.dataset = strategy.distribute_datasets_from_function(dataset_fn)
+        self.iterator = iter(self.dataset)
+        tracked = dict(model=self.method, optimizer=self.optimizer, metrics=self.metrics)
+        if cfg.checkpoint_data_iterator:
+            tracked["iterator"] = self.iterator
+        self.checkpoint = tf.train.Checkpoint(**tracked)
+        self.manager = checkpoints.make_manager(
+            self.checkpoint, cfg.model_dir, cfg.keep_checkpoint_max,
+            step_counter=self.optimizer.iterations)
+        self._loop = tf.function(self._run_steps)
+
+    @property
+    def step(self) -> int:
+        return int(self.optimizer.iterations.numpy())
+
+    def _train_step(self, batch):
+        step = self.optimizer.iterations
+        seed = step_seed(self.cfg.seed, step)
+        with tf.GradientTape() as tape:
+            loss, metrics = self.method.loss(batch, step, seed)
+            # Each replica's loss is a mean over its own rows; dividing by the replica count and
+            # summing the gradients gives the gradient of the global-batch mean.
+            scaled = loss / tf.cast(distribute.num_replicas(), loss.dtype)
+        grads = tape.gradient(scaled, self.variables)
+        missing = [v.name for v, g in zip(self.variables, grads) if g is None]
+        if missing:
+            raise ValueError(f"No gradient reaches {missing}: they are listed as optimized but "
+                             "do not influence the loss.")
+        grads = distribute.all_reduce_sum(grads)
+        lr = schedules.learning_rate(step, self.cfg.lr)
+        self.optimizer.apply_gradients(grads, lr)
+        extra = self.method.after_update(step)
+        metrics = dict(metrics)
+        metrics.update(extra)
+        metrics["loss"] = loss
+        metrics["learning_rate"] = lr
+        self.metrics.update(metrics)
+
+    def _run_steps(self, iterator, num_steps):
+        for _ in tf.range(num_steps):
+            self.strategy.run(self._train_step, args=(next(iterator),))
+
+    def restore(self) -> int:
+        """Resumes from the newest checkpoint in model_dir, if any; returns the step."""
+        path = checkpoints.restore_latest(self.checkpoint, self.manager)
+        if path:
+            self.print_fn(f"Resumed from {path} at step {self.step}.")
+        return self.step
+
+    def train(self) -> dict:
+        """Trains to cfg.train_steps, checkpointing and reporting; returns the last metrics."""
+        cfg = self.cfg
+        start = self.restore()
+        writer = tf.summary.create_file_writer(os.path.join(cfg.model_dir, "train"))
+        progress = reporting.Progress(cfg.train_steps, cfg.train_batch_size, writer, start,
+                                      keys=self.method.progress_keys, print_fn=self.print_fn)
+        last = {}
+        step = start
+        if step >= cfg.train_steps:
+            self.print_fn(f"Already trained: step {step} >= train_steps {cfg.train_steps}.")
+        while step < cfg.train_steps:
+            next_ckpt = (step // cfg.checkpoint_steps + 1) * cfg.checkpoint_steps
+            n = min(cfg.steps_per_loop, cfg.train_steps - step, next_ckpt - step)
+            self._loop(self.iterator, tf.constant(n, tf.int32))
+            step = self.step
+            last = progress.report(step, self.metrics.result())
+            self.metrics.reset()
+            if step % cfg.checkpoint_steps == 0 or step >= cfg.train_steps:
+                self.manager.save(checkpoint_number=step)
+        writer.close()
+        return last
+
+
+def evaluate_probe(method, strategy: tf.distribute.Strategy, data_cfg: data_lib.DataConfig,
+                   aug_cfg: augment_lib.AugmentConfig, split: str, batch_size: int) -> dict:
+    """Top-1/top-5 accuracy of the method's linear probe on `split` (every example once).
+
+    The probe reads `method.features(images, training=False)`, i.e. BN in inference mode.
+    """
+    dataset = strategy.distribute_datasets_from_function(
+        lambda ctx: data_lib.eval_dataset(data_cfg, aug_cfg, split, batch_size, ctx))
+
+    def replica_fn(batch):
+        logits = method.probe(method.features(batch["image"], training=False))
+        labels = tf.cast(batch["label"], tf.int32)
+        mask = tf.cast(batch["mask"], tf.float32)
+        top1 = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels), tf.float32)
+        k = tf.minimum(5, tf.shape(logits)[-1])
+        top5 = tf.cast(tf.nn.in_top_k(labels, logits, k), tf.float32)
+        xent = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+        sums = tf.stack([tf.reduce_sum(top1 * mask), tf.reduce_sum(top5 * mask),
+                         tf.reduce_sum(xent * mask), tf.reduce_sum(mask)])
+        return distribute.all_reduce_sum(tf.cast(sums, tf.float64))
+
+    @tf.function
+    def run(batch):
+        return strategy.experimental_local_results(strategy.run(replica_fn, args=(batch,)))[0]
+
+    total = tf.zeros([4], tf.float64)
+    for batch in dataset:
+        total += run(batch)
+    top1, top5, xent, count = total.numpy().tolist()
+    if count == 0:
+        raise ValueError(f"split {split!r} is empty")
+    return {"label_top_1_accuracy": top1 / count, "label_top_5_accuracy": top5 / count,
+            "probe_loss": xent / count, "num_examples": int(count)}
+
+
+def eval_checkpoints(method_fn: Callable, cfg: TrainConfig, data_cfg: data_lib.DataConfig,
+                     aug_cfg: augment_lib.AugmentConfig, strategy: tf.distribute.Strategy,
+                     split: str, once: bool = False, print_fn=print) -> dict:
+    """Evaluates checkpoints in cfg.model_dir as they appear; exits after the final one.
+
+    With `once`, evaluates only the newest checkpoint (train_then_eval). Writes
+    `result_<step>.json` for each and `result.json` for the newest, atomically, and eval summaries.
+    """
+    info = data_lib.dataset_info(data_cfg)
+    with strategy.scope():
+        method = method_fn(info.num_classes)
+        step = tf.Variable(0, dtype=tf.int64, trainable=False)
+    # The optimizer's step counter is saved as optimizer/iterations; read just that and the model.
+    ckpt = tf.train.Checkpoint(model=method, optimizer=tf.train.Checkpoint(iterations=step))
+    writer = tf.summary.create_file_writer(os.path.join(cfg.model_dir, "eval"))
+    result = {}
+    if once:
+        latest = tf.train.latest_checkpoint(cfg.model_dir)
+        if latest is None:
+            raise checkpoints.CheckpointError(f"No checkpoint in {cfg.model_dir} to evaluate.")
+        paths = [latest]
+    else:
+        paths = tf.train.checkpoints_iterator(cfg.model_dir, min_interval_secs=1,
+                                              timeout=cfg.eval_timeout_secs)
+    for path in paths:
+        ckpt.restore(path).expect_partial()
+        s = int(step.numpy())
+        t0 = time.perf_counter()
+        result = evaluate_probe(method, strategy, data_cfg, aug_cfg, split, cfg.eval_batch_size)
+        result["global_step"] = s
+        result["checkpoint"] = path
+        print_fn(f"eval step {s}: top-1 {result['label_top_1_accuracy']:.4f} "
+                 f"top-5 {result['label_top_5_accuracy']:.4f} on {result['num_examples']} "
+                 f"{split} examples ({time.perf_counter() - t0:.0f}s)", flush=True)
+        with writer.as_default(step=s):
+            for k in ("label_top_1_accuracy", "label_top_5_accuracy", "probe_loss"):
+                tf.summary.scalar(f"eval/{k}", result[k])
+        writer.flush()
+        checkpoints.write_json(os.path.join(cfg.model_dir, f"result_{s}.json"), result)
+        checkpoints.write_json(os.path.join(cfg.model_dir, "result.json"), result)
+        if s >= cfg.train_steps:
+            break
+    else:
+        if not once:
+            print_fn(f"No new checkpoint for {cfg.eval_timeout_secs:.0f}s; stopping.", flush=True)
+    return result
