@@ -63,6 +63,8 @@ def main(algorithm: str, build_method, presets: dict) -> dict:
     flags_lib.apply_preset(presets)
     try:
         flags_lib.validate(algorithm)
+        # Initial weights and tf.data's seeded shuffles also depend on the global seed.
+        tf.random.set_seed(FLAGS.seed)
         if FLAGS.deterministic:
             tf.config.experimental.enable_op_determinism()
         if FLAGS.cpu_replicas > 1:
@@ -81,8 +83,8 @@ def main(algorithm: str, build_method, presets: dict) -> dict:
                                          zero_init_head=FLAGS.zero_init_logits_layer,
                                          checkpoint=FLAGS.checkpoint)
         method_fn = lambda n: finetune.Supervised(cfgs.resnet, n, ft_cfg)  # noqa: E731
-        dataset_fn = lambda ctx: data_lib.linear_train_dataset(  # noqa: E731
-            cfgs.data, cfgs.augment, cfgs.train.train_batch_size, ctx)
+        dataset_fn = lambda ctx, start_step: data_lib.linear_train_dataset(  # noqa: E731
+            cfgs.data, cfgs.augment, cfgs.train.train_batch_size, ctx, start_step=start_step)
     else:
         method_fn = lambda n: build_method(n, cfgs)  # noqa: E731
         dataset_fn = None
@@ -103,7 +105,7 @@ def main(algorithm: str, build_method, presets: dict) -> dict:
             checkpoints.write_json(os.path.join(model_dir, "result.json"), result)
         if FLAGS.final_linear_eval and FLAGS.train_mode == "pretrain":
             with strategy.scope():
-                fresh = method_fn(trainer.info.num_classes)
+                fresh = method_fn(trainer.num_classes)
             table = offline_linear_eval(trainer.method, strategy, cfgs, fresh)
             print_table(table)
             result["linear_eval"] = table

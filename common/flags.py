@@ -255,8 +255,7 @@ def build_configs(algorithm: str, model_dir: str) -> Configs:
         dataset=FLAGS.dataset, data_dir=FLAGS.data_dir, train_split=FLAGS.train_split,
         eval_split=FLAGS.eval_split, image_size=FLAGS.image_size, cache=FLAGS.cache_dataset,
         seed=FLAGS.seed)
-    info = data_lib.dataset_info(data_cfg)
-    n_train = info.num_examples[FLAGS.train_split]
+    n_train = data_lib.num_examples(data_cfg, FLAGS.train_split)
     b = FLAGS.train_batch_size
     steps = FLAGS.train_steps or max(1, int(FLAGS.train_epochs * n_train // b))
     warmup = int(FLAGS.warmup_epochs * n_train // b)

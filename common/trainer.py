@@ -1,9 +1,10 @@
 """The generic pretraining loop, online-probe evaluation and the eval-as-checkpoints-appear job.
 
 The trainer is the same for every algorithm: it takes a `common.method.Method` factory and plain
-config objects. State that must survive a restart (model, optimizer slots and step, the data
-iterator's position, the metric accumulators) lives in one `tf.train.Checkpoint`, and every random
-number is a stateless function of (seed, step, replica), so a resumed run continues the same stream.
+config objects. State that must survive a restart (model, optimizer slots and step, the metric
+accumulators) lives in one `tf.train.Checkpoint`; every random number (data order, augmentations,
+vMF samples) is a stateless function of (seed, position or step, replica), so a resumed run rebuilds
+the input pipeline at the restored step and continues the very same streams.
 """
 from __future__ import annotations
 
@@ -38,8 +39,6 @@ class TrainConfig:
       lr: the learning-rate schedule.
       optim: the optimizer.
       seed: the run's seed; data order, augmentations and vMF samples derive from it.
-      checkpoint_data_iterator: save the input pipeline's position (exact resume); costs the
-        shuffle buffer's size in every checkpoint.
       eval_timeout_secs: the eval job gives up waiting for a new checkpoint after this long.
     """
     model_dir: str
@@ -52,7 +51,6 @@ class TrainConfig:
     lr: schedules.LRConfig = None
     optim: optim_lib.OptimConfig = optim_lib.OptimConfig()
     seed: int = 0
-    checkpoint_data_iterator: bool = True
     eval_timeout_secs: float = 3600.0
 
     def __post_init__(self):
@@ -79,14 +77,17 @@ class Pretrainer:
       cfg: the loop's TrainConfig.
       data_cfg, aug_cfg: the training data and its augmentation.
       strategy: a tf.distribute strategy (common.distribute.get_strategy()).
-      dataset_fn: `input_context -> tf.data.Dataset` of per-replica batches; the two-view
-        pretraining pipeline by default.
+      dataset_fn: `(input_context, start_step) -> tf.data.Dataset` of per-replica batches that
+        starts where step `start_step` of an uninterrupted run would; the two-view pretraining
+        pipeline by default.
+      num_classes: overrides the dataset's class count (tests with synthetic data).
       print_fn: where progress lines go.
     """
 
     def __init__(self, method_fn: Callable, cfg: TrainConfig, data_cfg: data_lib.DataConfig,
                  aug_cfg: augment_lib.AugmentConfig, strategy: tf.distribute.Strategy,
-                 dataset_fn: Callable | None = None, print_fn=print):
+                 dataset_fn: Callable | None = None, num_classes: int | None = None,
+                 print_fn=print):
         self.cfg = cfg
         self.data_cfg = data_cfg
         self.aug_cfg = aug_cfg
@@ -96,22 +97,25 @@ class Pretrainer:
         if cfg.train_batch_size % n:
             raise ValueError(f"train_batch_size={cfg.train_batch_size} is not divisible by the "
                              f"{n} replicas; pass a multiple of {n}.")
-        self.info = data_lib.dataset_info(data_cfg)
+        if num_classes is None:
+            num_classes = data_lib.dataset_info(data_cfg).num_classes
+        self.num_classes = num_classes
         with strategy.scope():
-            self.method = method_fn(self.info.num_classes)
+            self.method = method_fn(num_classes)
             self.variables = self.method.optimized_variables()
             self.optimizer = optim_lib.build_optimizer(cfg.optim.name, self.variables, cfg.optim)
             self.metrics = reporting.MetricAccumulator(
                 tuple(self.method.metric_names) + ("loss", "learning_rate"))
         if dataset_fn is None:
-            dataset_fn = lambda ctx: data_lib.pretrain_dataset(  # noqa: E731
-                data_cfg, aug_cfg, cfg.train_batch_size, ctx)
-        self.dataset = strategy.distribute_datasets_from_function(dataset_fn)
-        self.iterator = iter(self.dataset)
-        tracked = dict(model=self.method, optimizer=self.optimizer, metrics=self.metrics)
-        if cfg.checkpoint_data_iterator:
-            tracked["iterator"] = self.iterator
-        self.checkpoint = tf.train.Checkpoint(**tracked)
+            dataset_fn = lambda ctx, start_step: data_lib.pretrain_dataset(  # noqa: E731
+                data_cfg, aug_cfg, cfg.train_batch_size, ctx, start_step=start_step)
+        self._dataset_fn = dataset_fn
+        self._iterator = None
+        # The input pipeline is not in the checkpoint: every example's position in the stream,
+        # hence its shuffle order and augmentation seeds, is a function of the step, so a resumed
+        # run rebuilds the pipeline at the restored step (`iterator`).
+        self.checkpoint = tf.train.Checkpoint(model=self.method, optimizer=self.optimizer,
+                                              metrics=self.metrics)
         self.manager = checkpoints.make_manager(
             self.checkpoint, cfg.model_dir, cfg.keep_checkpoint_max,
             step_counter=self.optimizer.iterations)
@@ -121,8 +125,20 @@ class Pretrainer:
     def step(self) -> int:
         return int(self.optimizer.iterations.numpy())
 
+    @property
+    def iterator(self):
+        """The distributed input iterator, positioned at the current step when first used."""
+        if self._iterator is None:
+            start = self.step
+            dataset = self.strategy.distribute_datasets_from_function(
+                lambda ctx: self._dataset_fn(ctx, start))
+            self._iterator = iter(dataset)
+        return self._iterator
+
     def _train_step(self, batch):
-        step = self.optimizer.iterations
+        # The step before this update, as a value: the optimizer increments its counter, and the
+        # LR, beta and tau of this update all belong to the step it started from.
+        step = self.optimizer.iterations.read_value()
         seed = step_seed(self.cfg.seed, step)
         with tf.GradientTape() as tape:
             loss, metrics = self.method.loss(batch, step, seed)
@@ -152,6 +168,7 @@ class Pretrainer:
         """Resumes from the newest checkpoint in model_dir, if any; returns the step."""
         path = checkpoints.restore_latest(self.checkpoint, self.manager)
         if path:
+            self._iterator = None  # rebuilt at the restored step
             self.print_fn(f"Resumed from {path} at step {self.step}.")
         return self.step
 

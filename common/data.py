@@ -1,0 +1,584 @@
+"""Input pipelines: two augmented views for pretraining, padded batches for evaluation, and
+(optionally augmented) labelled batches for linear evaluation and fine-tuning.
+
+Two sources feed the same pipelines:
+  * 'debian': the default dataset `fashion_mnist` (with `data_dir=None`) is read directly from the
+    IDX files of Debian's package `dataset-fashion-mnist` into memory (60k train / 10k test, 28x28x1
+    uint8). Nothing is downloaded or built: TFDS's own `fashion_mnist` refuses these repacked
+    archives unless told to register new checksums, then takes ~15 s and a writable data_dir.
+  * 'tfds': any TFDS image-classification dataset with an `image` and a ClassLabel `label` feature
+    (cifar10, imagenet2012, ...), prepared on first use.
+Both sources accept TFDS split syntax ('train', 'train[:10%]', 'test[:1000]', 'train[:50%]+test')
+and shard a split over input pipelines in contiguous example ranges (`tfds.even_splits`: the first
+`N mod n` pipelines get one example more).
+
+Determinism and exact resumption: the training pipelines shuffle with a fixed seed, repeat, then
+number the examples of the stream with `.enumerate()`; every example's augmentation seed is a
+stateless function of (cfg.seed, input pipeline id, position in the stream, view). So a stream is a
+pure function of its configuration, and an iterator saved with `tf.train.Checkpoint` resumes on
+exactly the batch it would have produced next. (tf.data's shuffle also folds in the global seed set
+by `tf.random.set_seed`, so runs that set one must set the same one.)
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import functools
+import gzip
+import math
+import os
+import struct
+from typing import Callable, Mapping
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from common import augment as aug_lib
+
+#: Where Debian's package `dataset-fashion-mnist` installs the IDX files.
+DEBIAN_FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+#: Environment variable that overrides DEBIAN_FASHION_MNIST_DIR (tests, other installs).
+FASHION_MNIST_DIR_ENV = "FASHION_MNIST_DIR"
+#: The embedded default dataset's name.
+FASHION_MNIST = "fashion_mnist"
+FASHION_MNIST_NUM_CLASSES = 10
+# split -> (images file, labels file), the names of the original release kept by Debian.
+_FASHION_MNIST_FILES = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
+# IDX magic numbers: two zero bytes, the element type (0x08 = uint8), the number of dimensions.
+_IDX_IMAGES_MAGIC = 0x00000803
+_IDX_LABELS_MAGIC = 0x00000801
+_SPLIT_SYNTAX_HELP = ("Splits use TFDS syntax: 'train', 'train[:10%]', 'train[:1000]', "
+                      "'train[1000:]', 'train[:50%]+test'.")
+
+
+class DataError(ValueError):
+    """The dataset, split or files asked for cannot be read; the message says how to fix it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Which data to read and how to stream it.
+
+    Attributes:
+      dataset: TFDS dataset name; 'fashion_mnist' with data_dir=None reads Debian's files.
+      data_dir: TFDS data directory (None: TFDS's default, ~/tensorflow_datasets).
+      train_split, eval_split: TFDS split strings (slices allowed).
+      image_size: side S of the square images the pipelines emit (must equal the AugmentConfig's).
+      cache: keep the decoded training examples in memory after the first epoch (TFDS source; the
+        Debian source is in memory already). A saved iterator then carries the cache with it.
+      shuffle_buffer: examples in the shuffle buffer; None = per-replica batch x 50 when
+        image_size <= 32, else x 10 (the release's choice).
+      seed: seed of the shuffle order and of every augmentation.
+      num_parallel_calls: parallelism of the augmentation map.
+    """
+    dataset: str = FASHION_MNIST
+    data_dir: str | None = None
+    train_split: str = "train"
+    eval_split: str = "test"
+    image_size: int = 32
+    cache: bool = False
+    shuffle_buffer: int | None = None
+    seed: int = 0
+    num_parallel_calls: int = tf.data.AUTOTUNE
+
+    def __post_init__(self):
+        if not isinstance(self.dataset, str) or not self.dataset:
+            raise DataError(f"DataConfig.dataset must be a dataset name, got {self.dataset!r}.")
+        if not isinstance(self.image_size, int) or self.image_size < 1:
+            raise DataError(
+                f"DataConfig.image_size must be a positive int, got {self.image_size!r}.")
+        if self.shuffle_buffer is not None and (
+                not isinstance(self.shuffle_buffer, int) or self.shuffle_buffer < 1):
+            raise DataError("DataConfig.shuffle_buffer must be None (automatic) or a positive int, "
+                            f"got {self.shuffle_buffer!r}.")
+        if not isinstance(self.seed, int):
+            raise DataError(f"DataConfig.seed must be an int, got {self.seed!r}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+    """What a dataset holds.
+
+    Attributes:
+      name: dataset name.
+      num_classes: number of label values (labels are 0..num_classes-1).
+      num_examples: split name -> number of examples ({} when TFDS does not know them yet).
+      image_shape: (H, W, C) of the stored images; None for sizes that vary between images.
+      source: 'debian' (Fashion-MNIST IDX files) or 'tfds'.
+    """
+    name: str
+    num_classes: int
+    num_examples: Mapping[str, int]
+    image_shape: tuple
+    source: str
+
+
+# --------------------------------------------------------------------------------------------------
+# Fashion-MNIST from Debian's IDX files.
+# --------------------------------------------------------------------------------------------------
+
+def fashion_mnist_dir() -> str:
+    """The directory holding the Fashion-MNIST IDX files: $FASHION_MNIST_DIR, else Debian's."""
+    return os.environ.get(FASHION_MNIST_DIR_ENV) or DEBIAN_FASHION_MNIST_DIR
+
+
+def _missing_files_error(directory: str, missing: list[str]) -> DataError:
+    return DataError(
+        f"Fashion-MNIST files not found in {directory}: missing {', '.join(missing)}. "
+        "Install them with `apt-get install dataset-fashion-mnist` (Debian/Ubuntu), or point "
+        f"${FASHION_MNIST_DIR_ENV} at a directory holding "
+        "{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz, or pass --data_dir to read the TFDS "
+        "build of fashion_mnist instead.")
+
+
+def read_idx(path: str, expected_magic: int) -> np.ndarray:
+    """Decodes one gzipped IDX file of uint8 elements.
+
+    Layout: a big-endian uint32 magic 0x000008DD (08 = uint8 elements, DD = number of dimensions),
+    DD big-endian uint32 sizes, then prod(sizes) bytes in C order. Returns the uint8 array of that
+    shape, e.g. [N, 28, 28] for images (magic 0x803) or [N] for labels (magic 0x801).
+    Raises DataError when the file is not gzip, the magic differs, or the payload size is wrong.
+    """
+    fix = "reinstall it (`apt-get install --reinstall dataset-fashion-mnist`)."
+    try:
+        with gzip.open(path, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        raise _missing_files_error(os.path.dirname(path), [os.path.basename(path)]) from None
+    except (OSError, EOFError) as e:
+        raise DataError(f"{path} is not a readable gzip file ({e}); {fix}") from e
+    if len(raw) < 4:
+        raise DataError(f"{path} is too short to be an IDX file ({len(raw)} bytes); {fix}")
+    (magic,) = struct.unpack(">I", raw[:4])
+    if magic != expected_magic:
+        raise DataError(f"{path} has IDX magic number {magic:#010x}, expected "
+                        f"{expected_magic:#010x} (uint8 with {expected_magic & 0xFF} dimensions); "
+                        f"{fix}")
+    ndim = magic & 0xFF
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise DataError(f"{path} ends inside its IDX header; {fix}")
+    shape = struct.unpack(f">{ndim}I", raw[4:header])
+    expected = header + math.prod(shape)
+    if len(raw) != expected:
+        raise DataError(f"{path} holds {len(raw) - header} data bytes but its IDX header "
+                        f"{shape} needs {expected - header}; {fix}")
+    return np.frombuffer(raw, np.uint8, offset=header).reshape(shape)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_fashion_mnist_cached(directory: str, split: str, stamp: tuple):
+    del stamp  # part of the cache key only: a changed file is read again
+    images_file, labels_file = _FASHION_MNIST_FILES[split]
+    images = read_idx(os.path.join(directory, images_file), _IDX_IMAGES_MAGIC)
+    labels = read_idx(os.path.join(directory, labels_file), _IDX_LABELS_MAGIC)
+    if images.shape[0] != labels.shape[0]:
+        raise DataError(f"{images_file} holds {images.shape[0]} images but {labels_file} holds "
+                        f"{labels.shape[0]} labels in {directory}; reinstall dataset-fashion-mnist "
+                        "(`apt-get install --reinstall dataset-fashion-mnist`).")
+    if labels.size and labels.max() >= FASHION_MNIST_NUM_CLASSES:
+        raise DataError(f"{labels_file} in {directory} holds label {int(labels.max())}; "
+                        f"Fashion-MNIST labels are 0..{FASHION_MNIST_NUM_CLASSES - 1}. Reinstall "
+                        "dataset-fashion-mnist.")
+    images = images[..., None]
+    images.flags.writeable = False
+    labels = labels.astype(np.int32)
+    labels.flags.writeable = False
+    return images, labels
+
+
+def load_fashion_mnist(split: str, directory: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Reads one whole Fashion-MNIST split ('train' or 'test') from the IDX files.
+
+    Returns images [N, 28, 28, 1] uint8 and labels [N] int32 in 0..9 (read-only arrays, cached
+    while the files are unchanged), in file order. Raises DataError naming the missing package or
+    the corrupt file.
+    """
+    if split not in _FASHION_MNIST_FILES:
+        raise DataError(f"Fashion-MNIST has splits {sorted(_FASHION_MNIST_FILES)}, not {split!r}.")
+    directory = directory or fashion_mnist_dir()
+    paths = [os.path.join(directory, name) for name in _FASHION_MNIST_FILES[split]]
+    missing = [os.path.basename(p) for p in paths if not os.path.isfile(p)]
+    if missing:
+        raise _missing_files_error(directory, missing)
+    stamp = tuple((os.path.getmtime(p), os.path.getsize(p)) for p in paths)
+    return _load_fashion_mnist_cached(os.path.abspath(directory), split, stamp)
+
+
+def _resolve_split(split: str, index: int, count: int,
+                   split_infos: Mapping, dataset: str) -> list:
+    """Absolute instructions (splitname, from_, to) of pipeline `index`'s share of `split`."""
+    try:
+        return tfds.even_splits(split, count)[index].to_absolute(split_infos)
+    except (ValueError, KeyError, AssertionError, TypeError) as e:
+        available = ", ".join(f"{name} ({info.num_examples})" for name, info in split_infos.items())
+        raise DataError(f"Bad split {split!r} for {dataset}: {str(e).rstrip('.')}. "
+                        f"Available splits: {available}. "
+                        f"{_SPLIT_SYNTAX_HELP} Pass it with --train_split / --eval_split.") from e
+
+
+class _DebianSource:
+    """Fashion-MNIST from the IDX files, held in memory."""
+
+    source = "debian"
+
+    def __init__(self):
+        self.directory = fashion_mnist_dir()
+        self._splits = {name: load_fashion_mnist(name, self.directory)
+                        for name in _FASHION_MNIST_FILES}
+        self._split_infos = {
+            name: tfds.core.SplitInfo(name=name, shard_lengths=[int(labels.shape[0])], num_bytes=0)
+            for name, (_, labels) in self._splits.items()}
+        self.info = DatasetInfo(
+            name=FASHION_MNIST, num_classes=FASHION_MNIST_NUM_CLASSES,
+            num_examples={name: int(labels.shape[0]) for name, (_, labels) in self._splits.items()},
+            image_shape=tuple(self._splits["train"][0].shape[1:]), source=self.source)
+
+    def _indices(self, split: str, index: int, count: int) -> list[tuple[str, int, int]]:
+        out = []
+        for instr in _resolve_split(split, index, count, self._split_infos, FASHION_MNIST):
+            n = self.info.num_examples[instr.splitname]
+            start = instr.from_ or 0
+            stop = n if instr.to is None else instr.to
+            out.append((instr.splitname, start, stop))
+        return out
+
+    def num_examples(self, split: str, index: int, count: int) -> int:
+        return sum(stop - start for _, start, stop in self._indices(split, index, count))
+
+    def read(self, split: str, index: int, count: int, shuffle_files: bool, seed: int,
+             cache: bool) -> tf.data.Dataset:
+        del shuffle_files, seed, cache  # one in-memory "file"; shuffling happens downstream
+        parts = self._indices(split, index, count)
+        images = np.concatenate([self._splits[name][0][a:b] for name, a, b in parts])
+        labels = np.concatenate([self._splits[name][1][a:b] for name, a, b in parts])
+        return tf.data.Dataset.from_tensor_slices((images, labels))
+
+
+# --------------------------------------------------------------------------------------------------
+# TFDS datasets.
+# --------------------------------------------------------------------------------------------------
+
+def _tfds_builder(name: str, data_dir: str | None):
+    try:
+        return tfds.builder(name, data_dir=data_dir)
+    except tfds.core.registered.DatasetNotFoundError as e:
+        names = tfds.list_builders(with_community_datasets=False)
+        close = difflib.get_close_matches(name, names, n=5, cutoff=0.6)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise DataError(
+            f"Unknown dataset {name!r}.{hint} Pass --dataset=fashion_mnist (embedded, offline) or "
+            "the name of a TFDS image-classification dataset such as cifar10, cifar100 or "
+            "imagenet2012 (list: tfds.list_builders()).") from e
+
+
+class _TfdsSource:
+    """A TFDS image-classification dataset, prepared on first use."""
+
+    source = "tfds"
+
+    def __init__(self, name: str, data_dir: str | None):
+        self.builder = _tfds_builder(name, data_dir)
+        features = self.builder.info.features
+        keys = list(features.keys()) if hasattr(features, "keys") else []
+        if not ("image" in keys and "label" in keys
+                and isinstance(features["image"], tfds.features.Image)
+                and isinstance(features["label"], tfds.features.ClassLabel)):
+            raise DataError(
+                f"{name!r} is not an image-classification dataset: it needs an 'image' Image "
+                f"feature and a 'label' ClassLabel feature, and has {keys}. Pass an "
+                "image-classification dataset (fashion_mnist, cifar10, imagenet2012, ...) with "
+                "--dataset.")
+        image_shape = tuple(features["image"].shape)
+        if image_shape[-1] not in (1, 3, None):
+            raise DataError(f"{name!r} images have {image_shape[-1]} channels; the augmentations "
+                            "take 1 (grayscale) or 3 (RGB) channels.")
+        self._prepare(name)
+        info = self.builder.info
+        self._as_supervised = tuple(info.supervised_keys or ()) == ("image", "label")
+        self.info = DatasetInfo(
+            name=name, num_classes=int(features["label"].num_classes),
+            num_examples={s: int(v.num_examples) for s, v in info.splits.items()},
+            image_shape=image_shape, source=self.source)
+
+    def _prepare(self, name: str):
+        if self.builder.is_prepared():
+            return
+        where = self.builder.data_dir
+        try:
+            self.builder.download_and_prepare()
+        except Exception as e:  # network, disk: no finer classes are shared by every downloader
+            if "Manual directory" in str(e):
+                # TFDS's message names the manual directory it looked in and what to put there.
+                raise DataError(
+                    f"{name!r} must be downloaded by hand. {e} Alternatively pass --data_dir=DIR "
+                    f"with the files in DIR/downloads/manual, or a DIR where {name} is already "
+                    "prepared.") from e
+            raise DataError(
+                f"Could not download and prepare {name!r} into {where}: {type(e).__name__}: {e}. "
+                f"On a machine without network, build it elsewhere (`tfds build {name}`) and pass "
+                "--data_dir=DIR pointing at the copied data directory, or use "
+                "--dataset=fashion_mnist without --data_dir (embedded, offline).") from e
+
+    def _split_arg(self, split: str, index: int, count: int):
+        subsplit = tfds.even_splits(split, count)[index]
+        if self.info.num_examples:  # validate early, with the list of splits
+            _resolve_split(split, index, count, self.builder.info.splits, self.info.name)
+        return subsplit
+
+    def num_examples(self, split: str, index: int, count: int) -> int:
+        if self.info.num_examples:
+            instrs = _resolve_split(split, index, count, self.builder.info.splits, self.info.name)
+            sizes = self.info.num_examples
+            return sum((sizes[i.splitname] if i.to is None else i.to) - (i.from_ or 0)
+                       for i in instrs)
+        # Split sizes unknown (e.g. mocked TFDS): count what the reader declares.
+        n = int(self.read(split, index, count, False, 0, False).cardinality())
+        if n < 0:
+            raise DataError(f"TFDS does not know how many examples {self.info.name} {split!r} "
+                            "holds; prepare the dataset (`tfds build`) so that its split sizes "
+                            "are recorded.")
+        return n
+
+    def read(self, split: str, index: int, count: int, shuffle_files: bool, seed: int,
+             cache: bool) -> tf.data.Dataset:
+        read_config = tfds.ReadConfig(shuffle_seed=seed, try_autocache=False)
+        ds = self.builder.as_dataset(split=self._split_arg(split, index, count),
+                                     shuffle_files=shuffle_files, read_config=read_config,
+                                     as_supervised=self._as_supervised)
+        if not self._as_supervised:
+            ds = ds.map(lambda ex: (ex["image"], ex["label"]), num_parallel_calls=tf.data.AUTOTUNE)
+        ds = ds.map(lambda image, label: (image, tf.cast(label, tf.int32)))
+        return ds.cache() if cache else ds
+
+
+def _open_source(cfg: DataConfig):
+    if cfg.dataset == FASHION_MNIST and cfg.data_dir is None:
+        return _DebianSource()
+    return _TfdsSource(cfg.dataset, cfg.data_dir)
+
+
+def dataset_info(cfg: DataConfig) -> DatasetInfo:
+    """Name, number of classes, split sizes, image shape and source of `cfg.dataset`."""
+    return _open_source(cfg).info
+
+
+def num_examples(cfg: DataConfig, split: str | None = None) -> int:
+    """Examples in `split` (None: cfg.train_split), slices resolved: 'train[:10%]' of
+    Fashion-MNIST -> 6000, 'train[:50%]+test' -> 40000. (DatasetInfo.num_examples only holds the
+    whole splits.)"""
+    split = cfg.train_split if split is None else split
+    return _open_source(cfg).num_examples(split, 0, 1)
+
+
+# --------------------------------------------------------------------------------------------------
+# Pipelines.
+# --------------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class _Layout:
+    batch: int  # per-replica batch b
+    num_pipelines: int
+    pipeline_id: int
+    replicas_per_pipeline: int
+
+
+def _layout(global_batch_size: int, input_context: tf.distribute.InputContext | None) -> _Layout:
+    if not isinstance(global_batch_size, int) or global_batch_size < 1:
+        raise DataError(f"The global batch size must be a positive int, got {global_batch_size!r}.")
+    if input_context is None:
+        return _Layout(global_batch_size, 1, 0, 1)
+    replicas = input_context.num_replicas_in_sync
+    pipelines = input_context.num_input_pipelines
+    if global_batch_size % replicas:
+        raise DataError(f"The global batch size {global_batch_size} is not divisible by the "
+                        f"{replicas} replicas in sync; pass a batch size that is a multiple of "
+                        f"{replicas}.")
+    if replicas % pipelines:
+        raise DataError(f"{replicas} replicas cannot be split evenly over {pipelines} input "
+                        "pipelines; use a replica count that is a multiple of the worker count.")
+    return _Layout(input_context.get_per_replica_batch_size(global_batch_size), pipelines,
+                   input_context.input_pipeline_id, replicas // pipelines)
+
+
+def _check_sizes(cfg: DataConfig, aug_cfg: aug_lib.AugmentConfig):
+    if aug_cfg.image_size != cfg.image_size:
+        raise DataError(f"DataConfig.image_size={cfg.image_size} but AugmentConfig.image_size="
+                        f"{aug_cfg.image_size}; build both from the same --image_size.")
+
+
+def _shuffle_buffer(cfg: DataConfig, per_replica_batch: int) -> int:
+    if cfg.shuffle_buffer is not None:
+        return cfg.shuffle_buffer
+    return per_replica_batch * (50 if cfg.image_size <= 32 else 10)
+
+
+def _stream_seed(cfg: DataConfig, pipeline_id: int) -> tf.Tensor:
+    """int64 [2] base seed of one input pipeline's augmentations."""
+    base = tf.constant([cfg.seed, 0x5EED], tf.int64)
+    return tf.random.experimental.stateless_fold_in(base, tf.constant(pipeline_id, tf.int64))
+
+
+def example_seed(base: tf.Tensor, position: tf.Tensor, view: int) -> tf.Tensor:
+    """int64 [2] stateless seed of one view of the example at `position` of a stream.
+
+    seed = fold_in(fold_in(base, position), view), with `base` from (cfg.seed, pipeline id).
+    """
+    seed = tf.random.experimental.stateless_fold_in(base, tf.cast(position, tf.int64))
+    return tf.random.experimental.stateless_fold_in(seed, tf.constant(view, tf.int64))
+
+
+def _options() -> tf.data.Options:
+    options = tf.data.Options()
+    options.deterministic = True  # the seeds make each element deterministic; keep their order too
+    return options
+
+
+def _training_stream(cfg: DataConfig, source, layout: _Layout,
+                     start_step: int = 0) -> tf.data.Dataset:
+    """(position int64, (image, label int32)) over the shuffled, repeated training split.
+
+    With `start_step`, the stream starts where it would be after that many training steps of an
+    uninterrupted run (each step takes one per-replica batch for every replica this pipeline
+    feeds): the skipped elements are only shuffled, never decoded or augmented, and positions keep
+    counting from the start, so the seeds of every later example are those of the uninterrupted run.
+    """
+    if start_step < 0:
+        raise ValueError(f"start_step must be >= 0, got {start_step}")
+    if source.num_examples(cfg.train_split, layout.pipeline_id, layout.num_pipelines) == 0:
+        raise DataError(f"Input pipeline {layout.pipeline_id} of {layout.num_pipelines} gets no "
+                        f"example of split {cfg.train_split!r} of {source.info.name}; use a larger "
+                        "split or fewer workers.")
+    shuffle_seed = cfg.seed * 1000003 + layout.pipeline_id
+    ds = source.read(cfg.train_split, layout.pipeline_id, layout.num_pipelines,
+                     shuffle_files=True, seed=shuffle_seed, cache=cfg.cache)
+    ds = ds.shuffle(_shuffle_buffer(cfg, layout.batch), seed=shuffle_seed,
+                    reshuffle_each_iteration=True)
+    ds = ds.repeat().enumerate()
+    if start_step:
+        ds = ds.skip(start_step * layout.batch * layout.replicas_per_pipeline)
+    return ds
+
+
+def pretrain_dataset(cfg: DataConfig, aug_cfg: aug_lib.AugmentConfig, global_batch_size: int,
+                     input_context: tf.distribute.InputContext | None = None,
+                     start_step: int = 0) -> tf.data.Dataset:
+    """Infinite stream of pretraining batches of two independently augmented views.
+
+    Yields {'view1': [b, S, S, 3] float32, 'view2': [b, S, S, 3] float32, 'label': [b] int32} with
+    b = global_batch_size / num_replicas_in_sync and S = cfg.image_size. Example k of this input
+    pipeline's stream gets view v = aug_lib.pretrain_view(image, seed_{k,v}, aug_cfg, v) with
+    seed_{k,v} = example_seed(base(cfg.seed, pipeline id), k, v).
+    """
+    _check_sizes(cfg, aug_cfg)
+    layout = _layout(global_batch_size, input_context)
+    source = _open_source(cfg)
+    base = _stream_seed(cfg, layout.pipeline_id)
+    size = cfg.image_size
+
+    def two_views(position, example):
+        image, label = example
+        views = [tf.ensure_shape(
+            aug_lib.pretrain_view(image, example_seed(base, position, v), aug_cfg, v),
+            [size, size, 3]) for v in (0, 1)]
+        return {"view1": views[0], "view2": views[1], "label": label}
+
+    ds = _training_stream(cfg, source, layout, start_step)
+    ds = ds.map(two_views, num_parallel_calls=cfg.num_parallel_calls)
+    ds = ds.batch(layout.batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    return ds.with_options(_options())
+
+
+def linear_train_dataset(cfg: DataConfig, aug_cfg: aug_lib.AugmentConfig, global_batch_size: int,
+                         input_context: tf.distribute.InputContext | None = None,
+                         augment: bool = True, start_step: int = 0) -> tf.data.Dataset:
+    """Infinite shuffled stream of labelled batches for linear evaluation and fine-tuning.
+
+    Yields {'image': [b, S, S, 3] float32, 'label': [b] int32}. With `augment`, image =
+    aug_lib.linear_train_view(x, seed_k, aug_cfg) (the release's fine-tuning preprocessing: random
+    crop, resize, flip, no colour ops) with seed_k = example_seed(base, k, 0); without, image =
+    aug_lib.eval_preprocess(x, aug_cfg) (centre crop unless S <= 32, resize).
+    """
+    _check_sizes(cfg, aug_cfg)
+    layout = _layout(global_batch_size, input_context)
+    source = _open_source(cfg)
+    base = _stream_seed(cfg, layout.pipeline_id)
+    size = cfg.image_size
+
+    def preprocess(position, example):
+        image, label = example
+        if augment:
+            out = aug_lib.linear_train_view(image, example_seed(base, position, 0), aug_cfg)
+        else:
+            out = aug_lib.eval_preprocess(image, aug_cfg)
+        return {"image": tf.ensure_shape(out, [size, size, 3]), "label": label}
+
+    ds = _training_stream(cfg, source, layout, start_step)
+    ds = ds.map(preprocess, num_parallel_calls=cfg.num_parallel_calls)
+    ds = ds.batch(layout.batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    return ds.with_options(_options())
+
+
+def _eval_batches(source, split: str, layout: _Layout) -> int:
+    """Batches one input pipeline yields: a multiple of the replicas it feeds."""
+    # Pipeline 0 holds the most examples (even_splits hands the remainder to the first pipelines).
+    largest = source.num_examples(split, 0, layout.num_pipelines)
+    steps = -(-largest // layout.batch)
+    r = layout.replicas_per_pipeline
+    return -(-steps // r) * r
+
+
+def eval_steps(cfg: DataConfig, split: str | None, global_batch_size: int,
+               input_context: tf.distribute.InputContext | None = None) -> int:
+    """Steps of one evaluation pass over `split` (None: cfg.eval_split): the number of batches
+    every replica receives from `eval_dataset` (distributed or not).
+
+    steps = ceil(ceil(N / n) / (b r)) for N examples, n input pipelines, per-replica batch b and
+    r = num_replicas_in_sync / n replicas per pipeline; each pipeline yields steps x r batches.
+    """
+    layout = _layout(global_batch_size, input_context)
+    split = cfg.eval_split if split is None else split
+    return _eval_batches(_open_source(cfg), split, layout) // layout.replicas_per_pipeline
+
+
+def eval_dataset(cfg: DataConfig, aug_cfg: aug_lib.AugmentConfig, split: str | None,
+                 global_batch_size: int,
+                 input_context: tf.distribute.InputContext | None = None) -> tf.data.Dataset:
+    """One pass over `split` (None: cfg.eval_split) in full-size batches, file order, no shuffle.
+
+    Yields {'image': [b, S, S, 3] float32, 'label': [b] int32, 'mask': [b] float32}, eval_steps()
+    batches per replica. image = aug_lib.eval_preprocess(x, aug_cfg); mask is 1 on real examples
+    and 0 on the zero padding that fills the last batches, so sum(mask) over all replicas = N.
+    """
+    _check_sizes(cfg, aug_cfg)
+    layout = _layout(global_batch_size, input_context)
+    split = cfg.eval_split if split is None else split
+    source = _open_source(cfg)
+    batches = _eval_batches(source, split, layout)
+    mine = source.num_examples(split, layout.pipeline_id, layout.num_pipelines)
+    size = cfg.image_size
+
+    def preprocess(image, label):
+        image = tf.ensure_shape(aug_lib.eval_preprocess(image, aug_cfg), [size, size, 3])
+        return {"image": image, "label": label, "mask": tf.constant(1.0, tf.float32)}
+
+    padding = tf.data.Dataset.from_tensors({
+        "image": tf.zeros([size, size, 3], tf.float32),
+        "label": tf.constant(0, tf.int32),
+        "mask": tf.constant(0.0, tf.float32)}).repeat(batches * layout.batch - mine)
+    ds = source.read(split, layout.pipeline_id, layout.num_pipelines, shuffle_files=False,
+                     seed=cfg.seed, cache=False)
+    ds = ds.map(preprocess, num_parallel_calls=cfg.num_parallel_calls).concatenate(padding)
+    ds = ds.batch(layout.batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    return ds.with_options(_options())
+
+
+def distribute(strategy: tf.distribute.Strategy,
+               dataset_fn: Callable[[tf.distribute.InputContext], tf.data.Dataset]):
+    """strategy.distribute_datasets_from_function(dataset_fn): one pipeline per worker, each
+    called with its InputContext, e.g. `lambda ctx: pretrain_dataset(cfg, aug, B, ctx)`."""
+    return strategy.distribute_datasets_from_function(dataset_fn)
