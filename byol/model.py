@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from byol import losses
-from common import heads as heads_lib
 from common import models
 
 
@@ -20,10 +19,8 @@ class BYOL(models.OnlineTargetMethod):
                  use_predictor=True):
         super().__init__(resnet_cfg, heads_cfg, target_cfg, num_classes, name="byol")
         self.byol_loss_weight = byol_loss_weight
-        self.predictor = (
-            heads_lib.MLP(heads_cfg.out_dim, heads_cfg.hidden_dim, heads_cfg.out_dim,
-                          num_layers=heads_cfg.num_layers, bn=resnet_cfg.bn, name="predictor")
-            if use_predictor else None)
+        self.predictor = (self._mlp(heads_cfg.out_dim, resnet_cfg.bn, "predictor")
+                          if use_predictor else None)
 
     def optimized_variables(self):
         out = self.online_variables()

@@ -1,29 +1,12 @@
 """C-BYOL: BYOL with a stochastic vMF predictor e(z|x) and a trainable backward encoder b(z|y)."""
 from __future__ import annotations
 
-import dataclasses
-
 import tensorflow as tf
 
 from cbyol import losses
 from common import heads as heads_lib
 from common import losses as common_losses
 from common import models
-from common import schedules
-
-
-@dataclasses.dataclass(frozen=True)
-class CBYOLConfig:
-    """CEB hyper-parameters: kappa_e, kappa_b, beta (and its schedule), the regression weight
-    byol_loss_weight (= kappa_d / 2), and which target view builds b(z|y) (decision 3)."""
-    kappa_e: float = 16384.0
-    kappa_b: float = 10.0
-    beta: float = 1.0
-    beta_schedule: str = "constant"
-    warmup_steps: int = 0
-    total_steps: int = 1
-    byol_loss_weight: float = 1.0
-    backward_view: str = "same"
 
 
 class CBYOL(models.OnlineTargetMethod):
@@ -35,17 +18,21 @@ class CBYOL(models.OnlineTargetMethod):
     progress_keys = ("loss", "byol_loss", "i_xzx_y", "probe_acc")
 
     def __init__(self, resnet_cfg, heads_cfg, target_cfg, num_classes,
-                 cfg: CBYOLConfig = CBYOLConfig()):
+                 ceb: models.CEBConfig = models.CEBConfig(kappa_e=16384.0),
+                 byol_loss_weight=1.0, backward_view="same"):
         super().__init__(resnet_cfg, heads_cfg, target_cfg, num_classes, name="cbyol")
-        self.cfg = cfg
+        if backward_view not in ("same", "other"):
+            raise ValueError(f"backward_view must be 'same' (the release's pairing) or 'other', "
+                             f"got {backward_view!r}")
+        self.ceb = ceb
+        self.byol_loss_weight = byol_loss_weight
+        self.backward_view = backward_view
         h = heads_cfg
         self.predictor = heads_lib.StochasticPredictor(
-            h.out_dim, h.hidden_dim, h.out_dim, kappa_e=cfg.kappa_e, bn=resnet_cfg.bn,
-            name="predictor")
+            h.out_dim, h.hidden_dim, h.out_dim, kappa_e=ceb.kappa_e, bn=resnet_cfg.bn,
+            use_hidden_bias=h.use_hidden_bias, name="predictor")
         # The mean network of b(z|y): trained by -beta log b only (its input is stop-gradient).
-        self.backward_projector = heads_lib.MLP(h.out_dim, h.hidden_dim, h.out_dim,
-                                                num_layers=h.num_layers, bn=resnet_cfg.bn,
-                                                name="backward_projector")
+        self.backward_projector = self._mlp(h.out_dim, resnet_cfg.bn, "backward_projector")
 
     def optimized_variables(self):
         return (self.online_variables() + list(self.predictor.trainable_variables)
@@ -59,7 +46,7 @@ class CBYOL(models.OnlineTargetMethod):
         return feats, proj, pred, z, mu
 
     def loss(self, batch, step, seed):
-        c = self.cfg
+        c = self.ceb
         seeds = tf.random.experimental.stateless_split(seed, num=2)
         f1, proj1, p1, z1, mu1 = self._online(batch["view1"], seeds[0])
         _, _, p2, z2, mu2 = self._online(batch["view2"], seeds[1])
@@ -67,11 +54,10 @@ class CBYOL(models.OnlineTargetMethod):
         t2 = self.target(batch["view2"])
         b1 = self.backward_projector(common_losses.l2_normalize(t1), training=True)
         b2 = self.backward_projector(common_losses.l2_normalize(t2), training=True)
-        beta = schedules.beta_schedule(step, c.beta, c.beta_schedule, c.warmup_steps,
-                                       c.total_steps)
+        beta = c.beta_at(step)
         loss, metrics = losses.byol_ceb_loss(
             p1, p2, t1, t2, z1, z2, mu1, mu2, b1, b2, kappa_e=c.kappa_e, kappa_b=c.kappa_b,
-            beta=beta, byol_loss_weight=c.byol_loss_weight, backward_view=c.backward_view)
+            beta=beta, byol_loss_weight=self.byol_loss_weight, backward_view=self.backward_view)
         probe_in = f1 if self.heads_cfg.probe_input == "backbone" else proj1
         probe_loss, probe_metrics = self.probe_loss(probe_in, batch["label"])
         return loss + probe_loss, dict(metrics, beta=beta, **probe_metrics)

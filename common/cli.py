@@ -116,6 +116,18 @@ def main(algorithm: str, build_method, presets: dict) -> dict:
     return result
 
 
+def run(algorithm: str, build_method, presets: dict) -> None:
+    """The `if __name__ == "__main__"` of every train.py: parse flags, then `main`."""
+    from absl import app
+
+    def _main(argv):
+        if len(argv) > 1:
+            flags_lib.die(f"unexpected arguments {argv[1:]}; flags look like --name=value.")
+        main(algorithm, build_method, presets)
+
+    app.run(_main)
+
+
 def _flag_values() -> dict:
     out = {}
     for name in FLAGS:

@@ -94,6 +94,7 @@ def define_flags(algorithm: str, presets: dict, default_config: str) -> None:
     d.DEFINE_integer("seed", 0, "Run seed: data order, augmentation, vMF samples.")
     d.DEFINE_boolean("deterministic", False, "Enable TF op determinism (bit-exact reruns).")
     d.DEFINE_float("eval_timeout", 3600, "Eval job: seconds to wait for a new checkpoint.")
+    d.DEFINE_boolean("jit_compile", False, "Compile the training step with XLA.")
     # Losses.
     d.DEFINE_enum("pretrain_loss", PRETRAIN_LOSS[algorithm], sorted(PRETRAIN_LOSS.values()),
                   "Fixed by the trainer; accepted so the release's command lines carry over.")
@@ -272,7 +273,8 @@ def build_configs(algorithm: str, model_dir: str) -> Configs:
         eval_batch_size=FLAGS.eval_batch_size,
         steps_per_loop=max(1, min(FLAGS.train_summary_steps, steps)),
         checkpoint_steps=ckpt_steps, keep_checkpoint_max=FLAGS.keep_checkpoint_max,
-        lr=lr_cfg, optim=optim_cfg, seed=FLAGS.seed, eval_timeout_secs=FLAGS.eval_timeout)
+        lr=lr_cfg, optim=optim_cfg, seed=FLAGS.seed, eval_timeout_secs=FLAGS.eval_timeout,
+        jit_compile=FLAGS.jit_compile)
     if FLAGS.batch_image_augmentation_type == "byol":
         aug = augment_lib.byol_config(FLAGS.image_size)
     else:
@@ -297,6 +299,19 @@ def build_configs(algorithm: str, model_dir: str) -> Configs:
                                num_layers=FLAGS.num_proj_layers, probe_input=FLAGS.probe_input)
     return Configs(train=train_cfg, data=data_cfg, augment=aug, resnet=resnet_cfg, heads=heads,
                    distribute=dist, num_train_examples=n_train)
+
+
+def ceb_config(cfgs: Configs) -> models.CEBConfig:
+    """The CEB hyper-parameters of C-SimCLR and C-BYOL from the flags."""
+    return models.CEBConfig(kappa_e=FLAGS.kappa_e, kappa_b=FLAGS.kappa_b, beta=FLAGS.ceb_beta,
+                            beta_schedule=FLAGS.beta_schedule,
+                            warmup_steps=cfgs.train.lr.warmup_steps,
+                            total_steps=cfgs.train.train_steps)
+
+
+def target_config(cfgs: Configs) -> models.TargetConfig:
+    """BYOL's EMA target from the flags: tau_0 = --ema_alpha, cosine to 1 over the run."""
+    return models.TargetConfig(base_ema=FLAGS.ema_alpha, total_steps=cfgs.train.train_steps)
 
 
 def die(message: str) -> None:

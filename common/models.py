@@ -24,11 +24,17 @@ from common import schedules
 
 @dataclasses.dataclass(frozen=True)
 class HeadsConfig:
-    """Projection (and predictor) MLP sizes: backbone -> hidden (BN, ReLU) -> out, no output BN."""
+    """Projection (and predictor) MLPs: backbone -> hidden (BN, ReLU) -> out, no output BN.
+
+    use_hidden_bias: a bias on the hidden Linear before its BN (DeepMind's MLP has one; the release
+    has none, since BN's offset makes it redundant). probe_input: what the online probe reads,
+    "backbone" or "projection" (the release's online probe, decision 4).
+    """
     hidden_dim: int = 4096
     out_dim: int = 256
     num_layers: int = 2
-    probe_input: str = "backbone"  # or "projection" (the release's online probe, decision 4)
+    probe_input: str = "backbone"
+    use_hidden_bias: bool = False
 
     def __post_init__(self):
         if self.probe_input not in ("backbone", "projection"):
@@ -46,7 +52,8 @@ class SharedEncoderMethod(method_lib.Method):
         self.encoder = resnet_lib.ResNet(resnet_cfg, name="encoder")
         self.projector = heads_lib.MLP(self.encoder.feature_dim, heads_cfg.hidden_dim,
                                        heads_cfg.out_dim, num_layers=heads_cfg.num_layers,
-                                       bn=resnet_cfg.bn, name="projector")
+                                       bn=resnet_cfg.bn, use_hidden_bias=heads_cfg.use_hidden_bias,
+                                       name="projector")
         probe_dim = (self.encoder.feature_dim if heads_cfg.probe_input == "backbone"
                      else heads_cfg.out_dim)
         self.probe = heads_lib.LinearHead(probe_dim, num_classes, name="probe")
@@ -75,6 +82,30 @@ class SharedEncoderMethod(method_lib.Method):
         probe_loss, probe_metrics = self.probe_loss(probe_in, labels)
         metrics = dict(metrics, ssl_loss=loss, **probe_metrics)
         return loss + probe_loss, metrics
+
+
+@dataclasses.dataclass(frozen=True)
+class CEBConfig:
+    """The CEB terms of C-SimCLR and C-BYOL: e(z|x) = vMF(., kappa_e), b(z|y) = vMF(., kappa_b),
+    and beta(step) from `beta_schedule` (constant, linear_warmup over warmup_steps, cosine over
+    total_steps) weighting the residual information log e(z|x) - log b(z|y)."""
+    kappa_e: float = 1024.0
+    kappa_b: float = 10.0
+    beta: float = 1.0
+    beta_schedule: str = "constant"
+    warmup_steps: int = 0
+    total_steps: int = 1
+
+    def __post_init__(self):
+        if self.kappa_e <= 0 or self.kappa_b <= 0:
+            raise ValueError(f"kappa_e and kappa_b must be positive, got {self.kappa_e}, "
+                             f"{self.kappa_b}")
+        if self.beta < 0:
+            raise ValueError(f"beta must be >= 0, got {self.beta}")
+
+    def beta_at(self, step) -> tf.Tensor:
+        return schedules.beta_schedule(step, self.beta, self.beta_schedule, self.warmup_steps,
+                                       self.total_steps)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,9 +139,10 @@ class OnlineTargetMethod(method_lib.Method):
         self.probe = heads_lib.LinearHead(probe_dim, num_classes, name="probe")
 
     def _mlp(self, in_dim, bn, name):
+        """A projection-shaped MLP in_dim -> hidden -> out (projector, predictor, b's mean)."""
         h = self.heads_cfg
         return heads_lib.MLP(in_dim, h.hidden_dim, h.out_dim, num_layers=h.num_layers, bn=bn,
-                             name=name)
+                             use_hidden_bias=h.use_hidden_bias, name=name)
 
     def online_variables(self):
         """The online parameters the target averages, aligned with `target_variables`."""

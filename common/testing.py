@@ -4,6 +4,8 @@ Library code; kept tiny so every package's tests can train a few steps on a CPU 
 """
 from __future__ import annotations
 
+import functools
+
 import tensorflow as tf
 
 from common import data as data_lib
@@ -12,6 +14,21 @@ from common import optim as optim_lib
 from common import resnet as resnet_lib
 from common import schedules
 from common import trainer as trainer_lib
+
+
+@functools.lru_cache(maxsize=None)
+def two_replica_strategy() -> tf.distribute.MirroredStrategy:
+    """One MirroredStrategy over the two logical CPUs of conftest.py, shared by every test.
+
+    Several MirroredStrategy objects in one process hand out the same collective instance keys,
+    and TensorFlow then mixes up their all-reduces ("Shape mismatch in the collective instance");
+    sharing one strategy keeps the keys unique.
+    """
+    cpus = tf.config.list_logical_devices("CPU")
+    if len(cpus) < 2:
+        raise RuntimeError("two logical CPU devices are needed; conftest.py creates them before "
+                           "TensorFlow initialises")
+    return tf.distribute.MirroredStrategy([c.name for c in cpus[:2]])
 
 
 def tiny_resnet(image_size: int = 16, semantics: str = "keras") -> resnet_lib.ResNetConfig:
@@ -64,3 +81,53 @@ def tiny_pretrainer(method_fn, model_dir: str, steps: int = 3, batch: int = 8,
     return trainer_lib.Pretrainer(method_fn, cfg, data_lib.DataConfig(image_size=image_size), None,
                                   strategy, dataset_fn=make, num_classes=num_classes,
                                   print_fn=print_fn)
+
+
+def run_train_py(package: str, *flags: str, timeout: int = 600):
+    """Runs `python <package>/train.py flags...` as a user would; returns the CompletedProcess.
+
+    stdout and stderr are merged into `.stdout` (text).
+    """
+    import os
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    return subprocess.run([sys.executable, os.path.join(root, package, "train.py"), *flags],
+                          cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, timeout=timeout)
+
+
+def train_resume_eval(package: str, model_dir: str, *extra: str) -> dict:
+    """The life of a small run: 2 steps, a resumed run to 4 steps with evaluation, then the eval
+    job, which must find the final checkpoint and exit. Returns the parsed result.json and logs."""
+    import json
+    import os
+    small = ["--train_batch_size=16", "--eval_batch_size=250", "--eval_split=test[:500]",
+             "--checkpoint_steps=2", "--train_summary_steps=1", f"--model_dir={model_dir}", *extra]
+    first = run_train_py(package, "--train_steps=2", "--mode=train", *small)
+    assert first.returncode == 0, first.stdout[-4000:]
+    assert os.path.exists(os.path.join(model_dir, "ckpt-2.index")), first.stdout[-2000:]
+    second = run_train_py(package, "--train_steps=4", "--mode=train_then_eval", *small)
+    assert second.returncode == 0, second.stdout[-4000:]
+    assert "Resumed from" in second.stdout and "at step 2" in second.stdout, second.stdout[-2000:]
+    assert os.path.exists(os.path.join(model_dir, "ckpt-4.index"))
+    third = run_train_py(package, "--train_steps=4", "--mode=eval", "--eval_timeout=30", *small)
+    assert third.returncode == 0, third.stdout[-4000:]
+    assert "eval step 4" in third.stdout, third.stdout[-2000:]
+    with open(os.path.join(model_dir, "result.json")) as f:
+        result = json.load(f)
+    return {"result": result, "logs": (first.stdout, second.stdout, third.stdout)}
+
+
+def check_small_run(package: str, tmp_path) -> None:
+    """train_resume_eval plus the checks every trainer must pass: step, examples, accuracies in
+    range, flags.json and TensorBoard events written."""
+    import os
+    run = os.path.join(str(tmp_path), "run")
+    result = train_resume_eval(package, run)["result"]
+    assert result["global_step"] == 4
+    assert result["num_examples"] == 500
+    assert 0.0 <= result["label_top_1_accuracy"] <= result["label_top_5_accuracy"] <= 1.0
+    assert os.path.exists(os.path.join(run, "flags.json"))
+    assert any(f.startswith("events") for f in os.listdir(os.path.join(run, "train")))

@@ -40,6 +40,8 @@ class TrainConfig:
       optim: the optimizer.
       seed: the run's seed; data order, augmentations and vMF samples derive from it.
       eval_timeout_secs: the eval job gives up waiting for a new checkpoint after this long.
+      jit_compile: compile the training step with XLA (faster on CPU and TPU; samples drawn by
+        stateless random ops then differ from the non-XLA ones for the same seed).
     """
     model_dir: str
     train_steps: int
@@ -52,6 +54,7 @@ class TrainConfig:
     optim: optim_lib.OptimConfig = optim_lib.OptimConfig()
     seed: int = 0
     eval_timeout_secs: float = 3600.0
+    jit_compile: bool = False
 
     def __post_init__(self):
         for name in ("train_steps", "train_batch_size", "eval_batch_size", "steps_per_loop",
@@ -119,6 +122,8 @@ class Pretrainer:
         self.manager = checkpoints.make_manager(
             self.checkpoint, cfg.model_dir, cfg.keep_checkpoint_max,
             step_counter=self.optimizer.iterations)
+        self._step_fn = (tf.function(self._train_step, jit_compile=True) if cfg.jit_compile
+                         else self._train_step)
         self._loop = tf.function(self._run_steps)
 
     @property
@@ -162,7 +167,7 @@ class Pretrainer:
 
     def _run_steps(self, iterator, num_steps):
         for _ in tf.range(num_steps):
-            self.strategy.run(self._train_step, args=(next(iterator),))
+            self.strategy.run(self._step_fn, args=(next(iterator),))
 
     def restore(self) -> int:
         """Resumes from the newest checkpoint in model_dir, if any; returns the step."""

@@ -7,8 +7,6 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import app  # noqa: E402
-
 from common import cli  # noqa: E402
 from common import flags as flags_lib  # noqa: E402
 from simclr import configs  # noqa: E402
@@ -23,11 +21,5 @@ def build_method(num_classes, cfgs):
                         double_batch_trick=FLAGS.double_batch_trick)
 
 
-def main(argv):
-    if len(argv) > 1:
-        flags_lib.die(f"unexpected arguments {argv[1:]}; flags look like --name=value.")
-    cli.main("simclr", build_method, configs.PRESETS)
-
-
 if __name__ == "__main__":
-    app.run(main)
+    cli.run("simclr", build_method, configs.PRESETS)

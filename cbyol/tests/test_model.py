@@ -11,10 +11,10 @@ from common import testing
 T = 10
 
 
-def make(num_classes, **kw):
+def make(num_classes, beta=1.0):
     return model.CBYOL(testing.tiny_resnet(), testing.tiny_heads(),
                        models.TargetConfig(base_ema=0.9, total_steps=T), num_classes,
-                       model.CBYOLConfig(kappa_e=1024.0, kappa_b=10.0, **kw))
+                       models.CEBConfig(kappa_e=1024.0, kappa_b=10.0, beta=beta))
 
 
 def refs(variables):

@@ -6,6 +6,7 @@ import tensorflow as tf
 
 from common import losses
 from common import vmf
+from common import testing
 
 
 def np_log_c(dim, kappa):
@@ -70,7 +71,7 @@ def test_global_labels_and_mask_single_replica():
 
 
 def test_global_labels_on_two_replicas():
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    strategy = testing.two_replica_strategy()
     out = strategy.run(tf.function(lambda: losses.global_labels(3)))
     got = [t.numpy().tolist() for t in strategy.experimental_local_results(out)]
     assert got == [[0, 1, 2], [3, 4, 5]]

@@ -13,6 +13,7 @@ import tensorflow_datasets as tfds
 from common import augment
 from common import data
 from common import distribute
+from common import testing
 
 _FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
           "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
@@ -245,7 +246,7 @@ def test_input_context_gives_per_replica_batches_and_disjoint_shards(raw):
 
 @needs_fashion_mnist
 def test_mirrored_eval_gives_every_replica_the_same_number_of_full_batches():
-    strategy = distribute.get_strategy(distribute.DistributeConfig(cpu_replicas=2))
+    strategy = testing.two_replica_strategy()
     cfg = data.DataConfig(image_size=28)
     aug = augment.simclr_config(28)
     dist = data.distribute(strategy, lambda ctx: data.eval_dataset(cfg, aug, "test[:100]", 16, ctx))

@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 
 from common import distribute, layers
+from common import testing
 
 
 def np_conv2d(x, w, stride, pads):
@@ -247,7 +248,7 @@ def test_bn_gradient_matches_analytic_formula():
 
 @pytest.mark.parametrize("semantics", ["keras", "haiku"])
 def test_sync_bn_on_two_replicas_equals_one_device_full_batch(semantics):
-    strategy = distribute.get_strategy(distribute.DistributeConfig(cpu_replicas=2))
+    strategy = testing.two_replica_strategy()
     rng = np.random.default_rng(9)
     c = 4
     x = rng.standard_normal((8, 2, 2, c)).astype(np.float32)

@@ -7,6 +7,7 @@ import pytest
 import tensorflow as tf
 
 from common import optim
+from common import testing
 
 GOLDEN_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "tools", "golden")
 RTOL, ATOL = 1e-6, 1e-7
@@ -244,7 +245,7 @@ def test_mirrored_strategy_matches_single_device(golden):
     keys = leaf_keys(golden)
     wd, eta, momentum, lr1, lr2 = (float(x) for x in golden["c/big/hparams"])
     mask = [bool(golden[f"c/filter_mask/{k}"]) for k in keys]
-    strategy = tf.distribute.MirroredStrategy([c.name for c in cpus[:2]])
+    strategy = testing.two_replica_strategy()
     with strategy.scope():
         variables = make_variables(golden, keys)
         opt = optim.LARS(variables, momentum=momentum, weight_decay=wd, eta=eta, include_mask=mask)

@@ -129,7 +129,7 @@ def test_two_replicas_equal_one_device_on_the_same_global_batch(tmp_path):
     assert len(cpus) >= 2, "conftest.py should provide two logical CPU devices"
     results = []
     for k, strategy in enumerate([tf.distribute.OneDeviceStrategy("/cpu:0"),
-                                  tf.distribute.MirroredStrategy([c.name for c in cpus[:2]])]):
+                                  testing.two_replica_strategy()]):
         tf.random.set_seed(3)
         tr = _pretrainer(str(tmp_path / str(k)), 2, strategy, _sharded_fn(batches, 8))
         tr._loop(tr.iterator, tf.constant(2, tf.int32))
@@ -146,7 +146,7 @@ def test_two_replicas_equal_one_device_on_the_same_global_batch(tmp_path):
 
 def test_batch_not_divisible_by_replicas_is_refused(tmp_path):
     cpus = tf.config.list_logical_devices("CPU")
-    strategy = tf.distribute.MirroredStrategy([c.name for c in cpus[:2]])
+    strategy = testing.two_replica_strategy()
     with pytest.raises(ValueError, match="divisible"):
         _pretrainer(str(tmp_path), 2, strategy, batch=7)
 

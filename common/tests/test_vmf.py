@@ -6,6 +6,7 @@ import tensorflow as tf
 from scipy import special, stats
 
 from common import vmf
+from common import testing
 
 
 # ---------------------------------------------------------------------------------------------
@@ -313,7 +314,7 @@ def test_sample_gradient_finite_for_large_kappa_and_dim():
 def test_sample_under_mirrored_strategy_with_per_replica_seeds():
     cpus = tf.config.list_logical_devices("CPU")
     assert len(cpus) >= 2, "conftest.py must provide two logical CPUs"
-    strategy = tf.distribute.MirroredStrategy([c.name for c in cpus[:2]])
+    strategy = testing.two_replica_strategy()
     mu = tf.math.l2_normalize(tf.random.stateless_normal([4, 64], [0, 1]), -1)
 
     @tf.function

@@ -6,6 +6,7 @@ import tensorflow as tf
 
 from common import losses as common_losses
 from common import vmf
+from common import testing
 from csimclr import losses
 
 KAPPA_E, KAPPA_B = 1024.0, 10.0
@@ -218,7 +219,7 @@ def test_two_replicas(sampling):
     draw of the same rows; the check is then the numpy oracle on the global batch fed with every
     replica's own samples.
     """
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    strategy = testing.two_replica_strategy()
     n_rep, b_local, k, d = 2, 3, 5, 8
     rng = np.random.default_rng(6)
     x1 = rng.standard_normal((n_rep * b_local, k))

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from common import testing
 from simclr import losses
 
 
@@ -115,7 +116,7 @@ def test_bad_input():
 
 def test_two_replicas_equal_one_device():
     """Each replica holds its quarter of each view; mean loss and summed gradients match one device."""
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    strategy = testing.two_replica_strategy()
     n_rep, b_local, k, d = 2, 3, 4, 5
     rng = np.random.default_rng(3)
     x1 = rng.standard_normal((n_rep * b_local, k)).astype(np.float32)
