@@ -58,6 +58,10 @@ def define_flags(algorithm: str, presets: dict, default_config: str) -> None:
                   "LARS momentum form (REFERENCE.md decision 6): deepmind mu=m*mu+g, p-=lr*mu; "
                   "release folds lr into the buffer.")
     d.DEFINE_float("lars_eta", 1e-3, "LARS trust coefficient.")
+    d.DEFINE_boolean("exclude_probe_from_lars", True,
+                     "Train the online linear probe at the full learning rate without weight decay "
+                     "or trust ratio (as the release's supervised head); False adapts it like "
+                     "every kernel (DeepMind).")
     # Data and steps.
     d.DEFINE_integer("train_batch_size", 512, "Global training batch.")
     d.DEFINE_string("train_split", "train", "Training split (TFDS split syntax).")
@@ -267,7 +271,7 @@ def build_configs(algorithm: str, model_dir: str) -> Configs:
         schedule=FLAGS.learning_rate_schedule)
     optim_cfg = optim_lib.OptimConfig(
         name=FLAGS.optimizer, momentum=FLAGS.momentum, weight_decay=FLAGS.weight_decay,
-        eta=FLAGS.lars_eta, lars_form=FLAGS.lars_form)
+        eta=FLAGS.lars_eta, lars_form=FLAGS.lars_form, exclude_probe=FLAGS.exclude_probe_from_lars)
     train_cfg = trainer_lib.TrainConfig(
         model_dir=model_dir, train_steps=steps, train_batch_size=b,
         eval_batch_size=FLAGS.eval_batch_size,

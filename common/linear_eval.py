@@ -17,9 +17,9 @@ import tensorflow as tf
 @dataclasses.dataclass(frozen=True)
 class LinearEvalConfig:
     """l2_grid: penalties (on the mean loss) tried on the held-out split; max_iter: L-BFGS cap."""
-    l2_grid: tuple = (1e-5, 1e-4, 1e-3, 1e-2)
+    l2_grid: tuple = (1e-4, 1e-5, 1e-6)
     holdout_fraction: float = 0.1
-    max_iter: int = 500
+    max_iter: int = 300
     seed: int = 0
 
 
@@ -41,17 +41,19 @@ def extract_features(encode_fn, dataset) -> tuple[np.ndarray, np.ndarray]:
 def _loss_and_grad(w_flat, x, onehot, l2):
     """Mean softmax cross-entropy + l2/2 ||W||^2 (bias unpenalised) and its gradient.
 
-    x: [N, F+1] with a trailing ones column; W: [F+1, K].
+    x: [N, F+1] with a trailing ones column; W: [F+1, K]. The products run in x's dtype (float32
+    halves the cost of a fit); the sums and the returned values are float64.
     """
     n, f1 = x.shape
     k = onehot.shape[1]
-    w = w_flat.reshape(f1, k)
+    w = w_flat.reshape(f1, k).astype(x.dtype)
     logits = x @ w
     logits -= logits.max(axis=1, keepdims=True)
     logz = np.log(np.exp(logits).sum(axis=1, keepdims=True))
     logp = logits - logz
-    loss = -(onehot * logp).sum() / n
-    grad = x.T @ (np.exp(logp) - onehot) / n
+    loss = -(onehot * logp).sum(dtype=np.float64) / n
+    grad = (x.T @ (np.exp(logp) - onehot).astype(x.dtype)).astype(np.float64) / n
+    w = w_flat.reshape(f1, k)
     reg = w.copy()
     reg[-1] = 0.0
     loss += 0.5 * l2 * (reg ** 2).sum()
@@ -60,11 +62,14 @@ def _loss_and_grad(w_flat, x, onehot, l2):
 
 
 def fit_logistic_regression(x: np.ndarray, y: np.ndarray, num_classes: int, l2: float,
-                            max_iter: int = 500) -> np.ndarray:
-    """Fits W [F+1, K] (last row = bias) to standardised features x [N,F] and labels y [N]."""
-    xb = np.concatenate([x, np.ones((len(x), 1), x.dtype)], axis=1).astype(np.float64)
-    onehot = np.eye(num_classes)[y]
-    w0 = np.zeros(xb.shape[1] * num_classes)
+                            max_iter: int = 300, init: np.ndarray | None = None) -> np.ndarray:
+    """Fits W [F+1, K] (last row = bias) to standardised features x [N,F] and labels y [N].
+
+    `init` warm-starts L-BFGS (a solution for a nearby L2 converges in far fewer iterations).
+    """
+    xb = np.concatenate([x, np.ones((len(x), 1), x.dtype)], axis=1)
+    onehot = np.eye(num_classes, dtype=xb.dtype)[y]
+    w0 = np.zeros(xb.shape[1] * num_classes) if init is None else init.ravel()
     res = scipy.optimize.minimize(_loss_and_grad, w0, args=(xb, onehot, l2), jac=True,
                                   method="L-BFGS-B", options={"maxiter": max_iter})
     return res.x.reshape(xb.shape[1], num_classes)
@@ -79,21 +84,23 @@ def linear_probe(train_x, train_y, test_x, test_y, num_classes: int,
                  cfg: LinearEvalConfig = LinearEvalConfig()) -> dict:
     """Standardises, selects L2 on a held-out split, refits on all training data, tests.
 
+    Ties in held-out accuracy go to the stronger penalty.
+
     Returns {'test_accuracy', 'train_accuracy', 'l2', 'holdout_accuracy'}.
     """
-    mean = train_x.mean(0)
-    std = train_x.std(0) + 1e-6
-    tx = (train_x - mean) / std
-    vx = (test_x - mean) / std
+    mean = train_x.mean(0, dtype=np.float64)
+    std = train_x.std(0, dtype=np.float64) + 1e-6
+    tx = ((train_x - mean) / std).astype(np.float32)
+    vx = ((test_x - mean) / std).astype(np.float32)
     rng = np.random.default_rng(cfg.seed)
     perm = rng.permutation(len(tx))
     n_hold = max(1, int(len(tx) * cfg.holdout_fraction))
     hold, fit = perm[:n_hold], perm[n_hold:]
-    scores = {}
-    for l2 in cfg.l2_grid:
-        w = fit_logistic_regression(tx[fit], train_y[fit], num_classes, l2, cfg.max_iter)
-        scores[l2] = _accuracy(w, tx[hold], train_y[hold])
-    best = max(cfg.l2_grid, key=lambda l: (scores[l], -l))
-    w = fit_logistic_regression(tx, train_y, num_classes, best, cfg.max_iter)
+    scores, solutions, w = {}, {}, None
+    for l2 in sorted(cfg.l2_grid, reverse=True):  # strong to weak, each warm-starting the next
+        w = fit_logistic_regression(tx[fit], train_y[fit], num_classes, l2, cfg.max_iter, w)
+        scores[l2], solutions[l2] = _accuracy(w, tx[hold], train_y[hold]), w
+    best = max(cfg.l2_grid, key=lambda l: (scores[l], l))
+    w = fit_logistic_regression(tx, train_y, num_classes, best, cfg.max_iter, solutions[best])
     return {"test_accuracy": _accuracy(w, vx, test_y), "train_accuracy": _accuracy(w, tx, train_y),
             "l2": best, "holdout_accuracy": scores[best]}

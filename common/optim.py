@@ -326,6 +326,9 @@ class OptimConfig:
       momentum, weight_decay, eta, lars_form: LARS (momentum and weight decay also for SGD;
         weight_decay is Adam's decoupled decay).
       nesterov: SGD only. adam_beta1, adam_beta2, adam_epsilon: Adam only.
+      exclude_probe: also exclude the online linear probe ('probe/...' variables) from weight
+        decay and the trust ratio, so it learns at the full learning rate as the release's
+        supervised head does. DeepMind's reference adapts its classifier like any kernel (False).
     """
     name: str = "lars"
     momentum: float = 0.9
@@ -336,6 +339,7 @@ class OptimConfig:
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
     adam_epsilon: float = 1e-8
+    exclude_probe: bool = False
 
 
 OPTIMIZERS = ("lars", "momentum", "sgd", "adam")  # "momentum" and "sgd" are the same optimizer
@@ -354,6 +358,9 @@ def build_optimizer(name: str, variables, cfg: OptimConfig = OptimConfig(), *,
         raise ValueError(f"Unknown optimizer {name!r}; choose one of {OPTIMIZERS}.")
     default = RELEASE_EXCLUDE_PATTERNS if (name == "lars" and cfg.lars_form == "release") \
         else exclude_bias_and_norm
+    if cfg.exclude_probe:
+        base = _excluder(default, "exclusion")
+        default = lambda n: base(n) or "probe" in _leaf_path(n)  # noqa: E731
     wd_rule = default if exclude_from_weight_decay is _FORM_DEFAULT else exclude_from_weight_decay
     adapt_rule = default if exclude_from_adaptation is _FORM_DEFAULT else exclude_from_adaptation
     if name == "lars":

@@ -286,3 +286,30 @@ def test_bad_inputs_raise_clear_errors():
         optim.LARS(v, include_mask=[True])
     with pytest.raises(ValueError, match="appears twice"):
         optim.SGDMomentum([v[0], v[0]])
+
+
+def _named(path, value):
+    *scopes, leaf = path.split("/")
+    if not scopes:
+        return tf.Variable(value, name=leaf)
+    with tf.name_scope(scopes[0]):
+        return _named("/".join(scopes[1:] + [leaf]), value)
+
+
+def test_exclude_probe_takes_the_probe_out_of_decay_and_trust_ratio():
+    names = ["encoder/conv_0/w", "probe/linear/w", "probe/linear/b", "projector/batchnorm_0/scale"]
+    grad = np.full((2, 2), 0.5, np.float32)
+    for exclude_probe, adapted in ((False, {0, 1}), (True, {0})):
+        vs = [_named(n, np.full((2, 2), i + 1.0, np.float32)) for i, n in enumerate(names)]
+        assert [v.name for v in vs] == [n + ":0" for n in names]
+        cfg = optim.OptimConfig(weight_decay=0.1, eta=0.01, momentum=0.9,
+                                exclude_probe=exclude_probe)
+        opt = optim.build_optimizer("lars", vs, cfg)
+        before = [v.numpy().astype(np.float64) for v in vs]
+        opt.apply_gradients([tf.constant(grad)] * len(vs), 1.0)
+        for i, (v, p) in enumerate(zip(vs, before)):
+            g = grad.astype(np.float64)
+            if i in adapted:  # DeepMind's LARS: decay, then trust ratio eta*||p||/||g||
+                g = g + 0.1 * p
+                g = g * 0.01 * np.linalg.norm(p) / np.linalg.norm(g)
+            np.testing.assert_allclose(p - v.numpy(), g, rtol=1e-5)
