@@ -9,6 +9,9 @@ import functools
 import tensorflow as tf
 
 from common import data as data_lib
+from common import distribute
+from common import heads as heads_lib
+from common import method as method_lib
 from common import models
 from common import optim as optim_lib
 from common import resnet as resnet_lib
@@ -36,6 +39,36 @@ def tiny_resnet(image_size: int = 16, semantics: str = "keras") -> resnet_lib.Re
     cfg = resnet_lib.resnet_config(18, 0.0625, image_size)
     bn = cfg.bn.__class__(momentum=0.9, epsilon=1e-5, semantics=semantics, sync=True)
     return resnet_lib.ResNetConfig(**{**cfg.__dict__, "bn": bn})
+
+
+class ToyContrastive(method_lib.Method):
+    """Tiny encoder; an InfoNCE over globally gathered embeddings (so the step uses BN sync and
+    cross-replica concatenation)."""
+
+    metric_names = ("ssl", "probe_loss", "probe_acc", "row_mean")
+
+    def __init__(self, num_classes):
+        super().__init__(name="toy")
+        self.encoder = resnet_lib.ResNet(tiny_resnet(16), name="encoder")
+        self.probe = heads_lib.LinearHead(self.encoder.feature_dim, num_classes)
+
+    def optimized_variables(self):
+        return list(self.encoder.trainable_variables) + list(self.probe.trainable_variables)
+
+    def loss(self, batch, step, seed):
+        del step, seed
+        z1 = tf.math.l2_normalize(self.encoder(batch["view1"], training=True), -1)
+        z2 = tf.math.l2_normalize(self.encoder(batch["view2"], training=True), -1)
+        z2_all = distribute.cross_replica_concat(z2)
+        b = tf.shape(z1)[0]
+        labels = distribute.replica_id() * b + tf.range(b)
+        logits = tf.matmul(z1, z2_all, transpose_b=True) / 0.5
+        ssl = tf.reduce_mean(
+            tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits))
+        probe_loss, probe_metrics = self.probe_loss(self.encoder(batch["view1"], training=False),
+                                                    batch["label"])
+        return ssl + probe_loss, dict(probe_metrics, ssl=ssl,
+                                      row_mean=tf.reduce_mean(batch["view1"]))
 
 
 def tiny_heads() -> models.HeadsConfig:

@@ -5,46 +5,12 @@ import tensorflow as tf
 
 from common import checkpoints
 from common import data as data_lib
-from common import distribute
-from common import heads
-from common import method as method_lib
 from common import optim as optim_lib
-from common import resnet
 from common import schedules
 from common import testing
 from common import trainer as trainer_lib
 
 IMAGE = 16
-
-
-class ToyContrastive(method_lib.Method):
-    """Tiny encoder; an InfoNCE over globally gathered embeddings (so the step uses BN sync and
-    cross-replica concatenation)."""
-
-    metric_names = ("ssl", "probe_loss", "probe_acc", "row_mean")
-
-    def __init__(self, num_classes):
-        super().__init__(name="toy")
-        self.encoder = resnet.ResNet(testing.tiny_resnet(IMAGE), name="encoder")
-        self.probe = heads.LinearHead(self.encoder.feature_dim, num_classes)
-
-    def optimized_variables(self):
-        return list(self.encoder.trainable_variables) + list(self.probe.trainable_variables)
-
-    def loss(self, batch, step, seed):
-        del step, seed
-        z1 = tf.math.l2_normalize(self.encoder(batch["view1"], training=True), -1)
-        z2 = tf.math.l2_normalize(self.encoder(batch["view2"], training=True), -1)
-        z2_all = distribute.cross_replica_concat(z2)
-        b = tf.shape(z1)[0]
-        labels = distribute.replica_id() * b + tf.range(b)
-        logits = tf.matmul(z1, z2_all, transpose_b=True) / 0.5
-        ssl = tf.reduce_mean(
-            tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits))
-        probe_loss, probe_metrics = self.probe_loss(self.encoder(batch["view1"], training=False),
-                                                    batch["label"])
-        return ssl + probe_loss, dict(probe_metrics, ssl=ssl,
-                                      row_mean=tf.reduce_mean(batch["view1"]))
 
 
 def _config(model_dir, steps, total=6, batch=8):
@@ -57,7 +23,7 @@ def _config(model_dir, steps, total=6, batch=8):
 
 def _pretrainer(model_dir, steps, strategy=None, dataset_fn=None, batch=8):
     return trainer_lib.Pretrainer(
-        ToyContrastive, _config(model_dir, steps, batch=batch), data_lib.DataConfig(), None,
+        testing.ToyContrastive, _config(model_dir, steps, batch=batch), data_lib.DataConfig(), None,
         strategy or tf.distribute.get_strategy(),
         dataset_fn=dataset_fn or testing.synthetic_dataset_fn(batch, IMAGE, 4),
         num_classes=4, print_fn=lambda *a, **k: None)
@@ -88,7 +54,7 @@ def test_restore_refuses_another_models_checkpoint(tmp_path):
     tr = _pretrainer(str(tmp_path), 2)
     tr.train()
 
-    class Other(ToyContrastive):
+    class Other(testing.ToyContrastive):
         def __init__(self, n):
             super().__init__(n)
             self.extra = tf.Variable(tf.zeros([3]))

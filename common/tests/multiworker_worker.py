@@ -1,0 +1,36 @@
+"""One worker of the two-process MultiWorkerMirroredStrategy test (run by test_multiworker.py).
+
+argv: worker index, output .npz path. TF_CONFIG comes from the environment.
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from common import data as data_lib  # noqa: E402
+from common import distribute  # noqa: E402
+from common import testing  # noqa: E402
+from common import trainer as trainer_lib  # noqa: E402
+
+
+def main():
+    index, out = int(sys.argv[1]), sys.argv[2]
+    strategy = distribute.get_strategy(distribute.DistributeConfig())
+    assert isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy), type(strategy)
+    assert strategy.num_replicas_in_sync == 2
+    tf.random.set_seed(0)  # both workers start from the same weights
+    cfg = testing.tiny_train_config(os.path.join(os.path.dirname(out), f"w{index}"), steps=2)
+    tr = trainer_lib.Pretrainer(testing.ToyContrastive, cfg, data_lib.DataConfig(image_size=16),
+                                None, strategy, dataset_fn=testing.synthetic_dataset_fn(8, 16, 4),
+                                num_classes=4, print_fn=lambda *a, **k: None)
+    initial = {f"i{i}": v.numpy() for i, v in enumerate(tr.method.variables)}
+    tr._loop(tr.iterator, tf.constant(2, tf.int32))
+    values = {f"v{i}": v.numpy() for i, v in enumerate(tr.method.variables)}
+    np.savez(out, step=tr.step, ssl=tr.metrics.result()["ssl"], **values, **initial)
+
+
+if __name__ == "__main__":
+    main()
