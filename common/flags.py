@@ -144,6 +144,27 @@ def define_flags(algorithm: str, presets: dict, default_config: str) -> None:
     d.DEFINE_float("area_range_lower_bound", 0.08, "Smallest crop area fraction.")
     d.DEFINE_enum("brightness_fn", "simclrv1", ["simclrv1", "simclrv2"],
                   "simclrv1: additive brightness; simclrv2: multiplicative.")
+    # Release flags kept so its command lines parse; see _RESTRICTED for the values accepted.
+    d.DEFINE_boolean("reinit_logits_layer", True, "Fine-tune with a fresh classifier.")
+    d.DEFINE_boolean("rename_supervised_head", False, "Release option; only False.")
+    d.DEFINE_boolean("use_binary_cross_entropy", False, "Release option; only False.")
+    d.DEFINE_boolean("export_eval_model", False, "Release option (SavedModel); only False.")
+    d.DEFINE_boolean("export_train_model", False, "Release option (SavedModel); only False.")
+    d.DEFINE_integer("keep_hub_module_max", 1, "Release option; unused (no hub export).")
+    d.DEFINE_string("eval_name", None, "Unused, as in the release.")
+    d.DEFINE_string("proj_head_mode", "nonlinear", "Release option; only nonlinear.")
+    d.DEFINE_boolean("proj_head_output_bn", False, "BN (scale only) on the projection output.")
+    d.DEFINE_integer("ft_proj_selector", 0,
+                     "Release name for --probe_input: 0 = backbone feature, -1 = projection output.")
+    d.DEFINE_enum("mlp_init", "byol", ["byol", "simclr"],
+                  "Head kernel init: byol = fan-in truncated normal as DeepMind's BYOL (the "
+                  "release's VarianceScaling corrects the truncation, x1/0.88), simclr = "
+                  "N(0, 0.01^2).")
+    d.DEFINE_boolean("projector_mid_bn", True, "Release option; only True.")
+    d.DEFINE_boolean("clip_by_value_after_resizing", True, "Release option; only True.")
+    d.DEFINE_boolean("clip_by_value_after_grayscale", True, "Release option; only True.")
+    d.DEFINE_boolean("no_augmentation", False, "Release option; only False.")
+    d.DEFINE_boolean("ft_with_full_aug", False, "Release option; only False.")
     # Final offline linear evaluation (the demo's table).
     d.DEFINE_boolean("final_linear_eval", False,
                      "After training, fit logistic regression on frozen features of the trained and "
@@ -164,8 +185,21 @@ _IRRELEVANT = {
     "cbyol": ("temperature", "double_batch_trick", "ceb_sampling"),
 }
 
-_UNSUPPORTED = {  # release flags we accept only at their harmless values
-    "keep_hub_module_max": None, "eval_name": None,
+# Release flags that exist so its command lines parse, accepted only at the values this project
+# implements: {flag: (allowed values, why the others are refused)}.
+_RESTRICTED = {
+    "reinit_logits_layer": ((True,), "fine-tuning always starts from a fresh classifier"),
+    "rename_supervised_head": ((False,), "the fine-tuning head is always sized for the dataset"),
+    "use_binary_cross_entropy": ((False,), "the supervised loss is softmax cross-entropy"),
+    "export_eval_model": ((False,), "SavedModel export is not part of this release"),
+    "export_train_model": ((False,), "SavedModel export is not part of this release"),
+    "proj_head_mode": (("nonlinear",), "the projection head is the paper's nonlinear MLP"),
+    "projector_mid_bn": ((True,), "the predictor's hidden layer always has BN"),
+    "clip_by_value_after_resizing": ((True,), "augmentations always clip to [0, 1]"),
+    "clip_by_value_after_grayscale": ((True,), "augmentations always clip to [0, 1]"),
+    "no_augmentation": ((False,), "pretraining needs two augmented views (the release crashes)"),
+    "ft_with_full_aug": ((False,), "fine-tuning uses crop and flip"),
+    "ft_proj_selector": ((0, -1), "the probe reads the backbone (0) or the projection (-1)"),
 }
 
 
@@ -194,6 +228,13 @@ def validate(algorithm: str, warn=logging.warning) -> None:
     for name in _IRRELEVANT[algorithm]:
         if explicit(name):
             errors.append(f"--{name} has no effect on {algorithm}; remove it.")
+    for name, (allowed, why) in _RESTRICTED.items():
+        if FLAGS[name].value not in allowed:
+            errors.append(f"--{name}={FLAGS[name].value} is not supported ({why}); accepted: "
+                          f"{', '.join(str(a) for a in allowed)}.")
+    if explicit("ft_proj_selector") and explicit("probe_input") and \
+            FLAGS.probe_input != {0: "backbone", -1: "projection"}.get(FLAGS.ft_proj_selector):
+        errors.append("--ft_proj_selector and --probe_input disagree; pass only one.")
     if FLAGS.resnet_depth not in _DEPTHS:
         errors.append(f"--resnet_depth={FLAGS.resnet_depth}: choose one of {_DEPTHS}.")
     if FLAGS.width_multiplier <= 0:
@@ -299,8 +340,13 @@ def build_configs(algorithm: str, model_dir: str) -> Configs:
     dist = distribute.DistributeConfig(
         use_tpu=FLAGS.use_tpu, tpu_name=FLAGS.tpu_name, tpu_zone=FLAGS.tpu_zone,
         gcp_project=FLAGS.gcp_project, master=FLAGS.master, cpu_replicas=FLAGS.cpu_replicas)
+    probe_input = FLAGS.probe_input
+    if explicit("ft_proj_selector"):
+        probe_input = "backbone" if FLAGS.ft_proj_selector == 0 else "projection"
     heads = models.HeadsConfig(hidden_dim=FLAGS.proj_head_hidden_dim, out_dim=FLAGS.proj_out_dim,
-                               num_layers=FLAGS.num_proj_layers, probe_input=FLAGS.probe_input)
+                               num_layers=FLAGS.num_proj_layers, probe_input=probe_input,
+                               output_bn=FLAGS.proj_head_output_bn,
+                               kernel_init="simclr" if FLAGS.mlp_init == "simclr" else "haiku")
     return Configs(train=train_cfg, data=data_cfg, augment=aug, resnet=resnet_cfg, heads=heads,
                    distribute=dist, num_train_examples=n_train)
 

@@ -28,13 +28,17 @@ class HeadsConfig:
 
     use_hidden_bias: a bias on the hidden Linear before its BN (DeepMind's MLP has one; the release
     has none, since BN's offset makes it redundant). probe_input: what the online probe reads,
-    "backbone" or "projection" (the release's online probe, decision 4).
+    "backbone" or "projection" (the release's online probe, decision 4). output_bn: a scale-only
+    BN on the projection output (the release's proj_head_output_bn; not on predictors).
+    kernel_init: the heads' Dense init ('haiku' fan-in truncated normal, or 'simclr').
     """
     hidden_dim: int = 4096
     out_dim: int = 256
     num_layers: int = 2
     probe_input: str = "backbone"
     use_hidden_bias: bool = False
+    output_bn: bool = False
+    kernel_init: str = "haiku"
 
     def __post_init__(self):
         if self.probe_input not in ("backbone", "projection"):
@@ -53,7 +57,8 @@ class SharedEncoderMethod(method_lib.Method):
         self.projector = heads_lib.MLP(self.encoder.feature_dim, heads_cfg.hidden_dim,
                                        heads_cfg.out_dim, num_layers=heads_cfg.num_layers,
                                        bn=resnet_cfg.bn, use_hidden_bias=heads_cfg.use_hidden_bias,
-                                       name="projector")
+                                       output_bn=heads_cfg.output_bn,
+                                       kernel_init=heads_cfg.kernel_init, name="projector")
         probe_dim = (self.encoder.feature_dim if heads_cfg.probe_input == "backbone"
                      else heads_cfg.out_dim)
         self.probe = heads_lib.LinearHead(probe_dim, num_classes, name="probe")
@@ -128,21 +133,23 @@ class OnlineTargetMethod(method_lib.Method):
         self.heads_cfg = heads_cfg
         self.target_cfg = target_cfg
         self.encoder = resnet_lib.ResNet(resnet_cfg, name="encoder")
-        self.projector = self._mlp(self.encoder.feature_dim, resnet_cfg.bn, "projector")
+        self.projector = self._mlp(self.encoder.feature_dim, resnet_cfg.bn, "projector",
+                                   output_bn=heads_cfg.output_bn)
         # Independently initialised, as in both references (the EMA pulls it in within a few
         # hundred steps); its variables are never handed to the optimizer.
         self.target_encoder = resnet_lib.ResNet(resnet_cfg, name="target_encoder")
         self.target_projector = self._mlp(self.encoder.feature_dim, resnet_cfg.bn,
-                                          "target_projector")
+                                          "target_projector", output_bn=heads_cfg.output_bn)
         probe_dim = (self.encoder.feature_dim if heads_cfg.probe_input == "backbone"
                      else heads_cfg.out_dim)
         self.probe = heads_lib.LinearHead(probe_dim, num_classes, name="probe")
 
-    def _mlp(self, in_dim, bn, name):
+    def _mlp(self, in_dim, bn, name, output_bn=False):
         """A projection-shaped MLP in_dim -> hidden -> out (projector, predictor, b's mean)."""
         h = self.heads_cfg
         return heads_lib.MLP(in_dim, h.hidden_dim, h.out_dim, num_layers=h.num_layers, bn=bn,
-                             use_hidden_bias=h.use_hidden_bias, name=name)
+                             use_hidden_bias=h.use_hidden_bias, output_bn=output_bn,
+                             kernel_init=h.kernel_init, name=name)
 
     def online_variables(self):
         """The online parameters the target averages, aligned with `target_variables`."""

@@ -32,8 +32,12 @@ stamp="$ROOT/.venv/.requirements.sha256"
 want=$(sha256sum "$ROOT/requirements.txt" | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   say "installing pinned packages from requirements.txt into .venv (a few minutes the first time)"
-  "$ROOT/.venv/bin/python" -m pip install -q --upgrade pip >/dev/null
-  "$ROOT/.venv/bin/python" -m pip install -q -r "$ROOT/requirements.txt"
+  # (grep drops the notes some pip configurations print for every missing local index)
+  "$ROOT/.venv/bin/python" -m pip install -q --upgrade pip 2>&1 | grep -v "is ignored: it is neither" || true
+  "$ROOT/.venv/bin/python" -m pip install -q -r "$ROOT/requirements.txt" 2>&1 \
+    | grep -v "is ignored: it is neither" || true
+  "$ROOT/.venv/bin/python" -c "import tensorflow, tensorflow_datasets, tensorboard, scipy, absl, pytest" \
+    || { say "installing the pinned packages failed (see above)"; exit 1; }
   echo "$want" > "$stamp"
 else
   say "pinned packages already installed in .venv"
