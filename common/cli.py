@@ -30,7 +30,7 @@ def _model_dir(algorithm: str) -> str:
     return path
 
 
-def offline_linear_eval(method, strategy, cfgs, fresh_method, print_fn=print) -> dict:
+def offline_linear_eval(method, cfgs, fresh_method, print_fn=print) -> dict:
     """Logistic regression on frozen encoder features: the trained encoder vs a random one.
 
     Returns {'pretrained': result, 'random_init': result} (see common.linear_eval.linear_probe).
@@ -106,7 +106,7 @@ def main(algorithm: str, build_method, presets: dict) -> dict:
         if FLAGS.final_linear_eval and FLAGS.train_mode == "pretrain":
             with strategy.scope():
                 fresh = method_fn(trainer.num_classes)
-            table = offline_linear_eval(trainer.method, strategy, cfgs, fresh)
+            table = offline_linear_eval(trainer.method, cfgs, fresh)
             print_table(table)
             result["linear_eval"] = table
             checkpoints.write_json(os.path.join(model_dir, "linear_eval.json"), table)

@@ -19,3 +19,16 @@ def test_beta_zero_trains_only_when_asked_and_warns(tmp_path):
                              f"--model_dir={tmp_path}")
     assert r.returncode == 0, r.stdout[-3000:]
     assert "no compression" in r.stdout
+
+
+def test_final_linear_eval_prints_the_demo_table(tmp_path):
+    import json
+    r = testing.run_train_py("cbyol", "--train_steps=1", "--train_batch_size=16",
+                             "--train_split=train[:500]", "--eval_split=test[:200]",
+                             "--eval_batch_size=100", "--final_linear_eval",
+                             f"--model_dir={tmp_path}")
+    assert r.returncode == 0, r.stdout[-3000:]
+    assert "| pretrained |" in r.stdout and "| random_init |" in r.stdout
+    table = json.loads((tmp_path / "linear_eval.json").read_text())
+    for row in table.values():
+        assert 0.0 <= row["test_accuracy"] <= 1.0 and row["l2"] in (1e-5, 1e-6)
