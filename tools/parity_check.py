@@ -9,7 +9,8 @@ stored next to them. Groups (BYOL_JAX_REFERENCE.md, section 10):
   a  l2-normalisation, regression loss and its gradient, symmetric BYOL loss, softmax cross-entropy
   b  learning-rate and target-EMA schedules (inside tf.function, int32 steps)
   c  two LARS steps per variant (DeepMind form): buffers, parameters, updates, the filter mask
-  d  augmentation ops with fixed factors, fixed-order jitter, blur, replayed per-view pipeline
+  d  augmentation ops with fixed factors, fixed-order jitter, blur; the per-view decisions
+     regenerated from the stored JAX key (tools/jax_prng.py) and the pipeline replayed from them
   e  haiku ResNet-18/50 forward in training then eval mode, weights rebuilt from their names
   f  two complete BYOL training steps through common.trainer.Pretrainer
 
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import math
 import os
 import pathlib
@@ -524,30 +526,61 @@ def group_d(run: GroupRun) -> None:
         taps = np.stack([_np(A.blur_taps(s, A.blur_kernel_size(height))) for s in sigmas])
         run.check(key, taps, TOL_AD, f"augment.blur_taps(sigma in {sigmas}, kernel {height / 10:g})")
 
-    # The full per-view pipeline, replayed from the reference's recorded per-image decisions. The
-    # views take consecutive slices of d/images (view 1 first), as the reference's call did.
+    # The full per-view pipeline. The views take consecutive slices of d/images (view 1 first), as
+    # the reference's call did. Their per-image decisions are regenerated from the stored key with
+    # a numpy threefry (tools/jax_prng.py) and compared with the recorded ones; the pipeline then
+    # replays the regenerated decisions, so the stored outputs are reached from the key alone.
     views = sorted(int(_PP.match(k).group(1)) for k in g.keys("d/") if _PP.match(k))
+    drawn = _decisions_from_key(run, [g[f"d/pp_view{v}_decisions"].shape[0] for v in views],
+                                image_size=images.shape[1]) if views else None
     start = 0
     worst = 0.0
-    for v in views:
-        rows = run.input(f"d/pp_view{v}_decisions")
+    for i, v in enumerate(views):
+        key = f"d/pp_view{v}_decisions"
+        if drawn is None:
+            rows = run.input(key)
+            source = "the recorded decisions"
+        else:
+            rows = drawn[i]
+            run.check(key, rows, TOL_AD, "tools.jax_prng.byol_postprocess_decisions(d/pp_key) with "
+                                         "augment.byol_config()'s probabilities and ranges")
+            source = "the decisions regenerated from d/pp_key"
         out_key = f"d/pp_view{v}_out"
         n = rows.shape[0]
-        replay = np.stack([_np(A.postprocess_from_decisions(tf.constant(images[start + i]), rows[i]))
-                           for i in range(n)])
-        run.check(out_key, replay, TOL_AD,
-                  f"augment.postprocess_from_decisions on d/images[{start}:{start + n}]")
+        replay = np.stack([_np(A.postprocess_from_decisions(tf.constant(images[start + j]), rows[j]))
+                           for j in range(n)])
+        run.check(out_key, replay, TOL_AD, f"augment.postprocess_from_decisions on "
+                                           f"d/images[{start}:{start + n}], {source}")
         worst = max(worst, float(np.max(np.abs(replay.astype(np.float64) - g[out_key]))))
         start += n
     if "d/pp_replay_maxabsdiff" in g:
         run.check("d/pp_replay_maxabsdiff", np.float64(worst), Tol(atol=TOL_AD.atol),
                   "max |replay - stored output| of the project's replay (the reference's own replay "
                   "is the stored value)")
-    if "d/pp_key" in g:
-        run.skip("d/pp_key", "JAX threefry PRNG key of the reference's postprocess: the project draws "
-                             "its decisions with TF's stateless RNG, so only the replayed decisions "
-                             "are compared (the sampler is tested statistically in "
-                             "common/tests/test_augment.py)")
+
+
+def _decisions_from_key(run: GroupRun, batch_sizes: list[int], image_size: int):
+    """The reference's per-image decisions for each view, regenerated from `d/pp_key`; None (with
+    `d/pp_key` listed as skipped) when the file has no key or does not say which threefry layout
+    made it."""
+    from common import augment as A
+    from tools import jax_prng
+
+    g = run.golden
+    if "d/pp_key" not in g:
+        return None
+    try:
+        meta = json.loads(str(g["meta_json"])) if "meta_json" in g else {}
+        partitionable = jax_prng.partitionable_from_meta(meta)
+    except ValueError as exc:
+        run.skip("d/pp_key", f"the key's stream cannot be regenerated: {exc} The pipeline is "
+                             "replayed from the recorded decisions instead.")
+        return None
+    key = run.input("d/pp_key")
+    run.note(f"d/pp_key: threefry2x32 in {'partitionable' if partitionable else 'original'} layout "
+             "(meta_json), reference key tree of augmentations.postprocess")
+    return jax_prng.byol_postprocess_decisions(key, batch_sizes, A.byol_config(image_size),
+                                               jax_prng.ThreefryPRNG(partitionable))
 
 
 # ------------------------------------------------------------------------------------------------

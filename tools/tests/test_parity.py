@@ -1,7 +1,8 @@
 """The parity check against DeepMind's BYOL goldens, its sensitivity, and the haiku mapping.
 
 * Every group of tools/golden/byol_golden.npz passes, and every stored array is compared or used as
-  input (only the JAX PRNG key is skipped, for a stated reason). The oracle is the reference's
+  input, none skipped (the JAX PRNG key regenerates the augmentation decisions through
+  tools/jax_prng.py). The oracle is the reference's
   stored output; the project's code computes the other side.
 * Sensitivity: changing any single compared array by 1% of its largest magnitude fails its
   comparison; perturbing one array per group in a copy of the file fails that group, and the
@@ -16,6 +17,7 @@ The whole check (ResNet-50 included) runs once per session; the file takes about
 """
 from __future__ import annotations
 
+import json
 import math
 import pathlib
 import shutil
@@ -73,12 +75,13 @@ def test_every_array_is_compared_or_used_as_input(golden, shipped_runs):
         assert not run.compared & run.inputs, "an array counted both as input and as compared"
     assert accounted == set(golden.arrays)
     skipped = {k: r for run in shipped_runs.values() for k, r in run.skipped.items()}
-    assert set(skipped) == {"d/pp_key"}
-    assert "threefry" in skipped["d/pp_key"]
+    assert not skipped, skipped
+    assert "d/pp_key" in shipped_runs["d"].inputs
     # Outputs are compared, never just read: every group's outputs appear among the comparisons.
     compared = set().union(*(run.compared for run in shipped_runs.values()))
     for key in ("a/grad_mean_reg_loss_wrt_x", "b/tau_e300_f64", "c/filter_mask/net/~/zero_w/w",
-                "c/big/updates2/net/~/conv/w", "d/pp_replay_maxabsdiff", "e/r50_num_params",
+                "c/big/updates2/net/~/conv/w", "d/pp_replay_maxabsdiff", "d/pp_view2_decisions",
+                "e/r50_num_params",
                 "e/r18_init_state_counter_example", "f/target_state2/predictor/batch_norm/~/var_ema/counter",
                 "f/target_params2/classifier/w", "f/mu2/classifier/b", "f/logs2/top5_accuracy"):
         assert key in compared, key
@@ -156,6 +159,27 @@ def test_perturbing_one_array_fails_its_group(tmp_path, golden, group):
     failed = {r.key for r in run.rows if not r.ok}
     # Only the perturbed array, and for d the replay error derived from the same stored output.
     assert key in failed and failed <= {key, "d/pp_replay_maxabsdiff"}, failed
+
+
+def test_another_key_changes_the_regenerated_decisions(tmp_path, golden):
+    """The decisions are drawn from d/pp_key, not read: a different key fails them (and the
+    outputs replayed from them)."""
+    arrays = dict(golden.arrays)
+    arrays["d/pp_key"] = golden["d/pp_key"] + np.uint32(1)
+    (run,) = pc.run_checks(pc.Golden(_copy_golden(tmp_path, arrays)), ["d"])
+    failed = {r.key for r in run.rows if not r.ok}
+    assert {"d/pp_view1_decisions", "d/pp_view2_decisions"} <= failed, failed
+
+
+def test_unknown_stream_layout_falls_back_to_the_recorded_decisions(tmp_path, golden):
+    """Without the threefry flag or JAX version in meta_json the key cannot be read: it is listed
+    as skipped with the reason, and the pipeline replays the recorded decisions."""
+    arrays = dict(golden.arrays)
+    arrays["meta_json"] = np.array(json.dumps({"backend": "cpu"}))
+    (run,) = pc.run_checks(pc.Golden(_copy_golden(tmp_path, arrays)), ["d"])
+    assert run.ok, [r.key for r in run.rows if not r.ok]
+    assert set(run.skipped) == {"d/pp_key"} and "threefry_partitionable" in run.skipped["d/pp_key"]
+    assert {"d/pp_view1_decisions", "d/pp_view2_decisions"} <= run.inputs
 
 
 def test_command_line_exit_codes(tmp_path, golden):
