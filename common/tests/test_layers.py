@@ -325,3 +325,37 @@ def test_assign_from_haiku_reshapes_and_checks():
         layers.assign_from_haiku({"x/scale": bn.scale}, {"x/scale": np.zeros((1, 4))})
     with pytest.raises(KeyError, match="missing"):
         layers.assign_from_haiku(entries, {})
+
+
+@pytest.mark.parametrize("shape", [(5, 7), (3, 4, 5, 7)])
+@pytest.mark.parametrize("scale, center", [(True, True), (False, True), (True, False)])
+def test_bn_inference_matches_numpy_fused_and_plain(shape, scale, center):
+    """Inference uses the moving statistics only; float32 goes through the fused kernel, bfloat16
+    through the plain formula: both equal (x - mean) * scale / sqrt(var + eps) + offset."""
+    rng = np.random.default_rng(3)
+    c = shape[-1]
+    bn = layers.BatchNorm(c, epsilon=1e-3, scale=scale, center=center, semantics="keras")
+    mean, var = rng.uniform(-1, 1, c), rng.uniform(0.2, 3, c)
+    bn.moving_mean.assign(mean.astype(np.float32))
+    bn.moving_variance.assign(var.astype(np.float32))
+    g = rng.uniform(0.5, 2, c) if scale else np.ones(c)
+    b = rng.uniform(-1, 1, c) if center else np.zeros(c)
+    if scale:
+        bn.scale.assign(g.astype(np.float32))
+    if center:
+        bn.offset.assign(b.astype(np.float32))
+    x = (rng.standard_normal(shape) * 2 + 0.5).astype(np.float32)
+    want = (x.astype(np.float64) - mean) * g / np.sqrt(var + 1e-3) + b
+    xt = tf.constant(x)
+    weights = rng.standard_normal(shape).astype(np.float32)
+    with tf.GradientTape() as tape:  # frozen-BN fine-tuning differentiates inference mode
+        tape.watch(xt)
+        y = bn(xt, training=False)
+        loss = tf.reduce_sum(y * weights)
+    assert y.dtype == tf.float32
+    np.testing.assert_allclose(y.numpy(), want, rtol=2e-6, atol=2e-6)
+    np.testing.assert_allclose(tape.gradient(loss, xt).numpy(), weights * g / np.sqrt(var + 1e-3),
+                               rtol=2e-6, atol=2e-6)
+    y16 = bn(tf.constant(x, tf.bfloat16), training=False)
+    assert y16.dtype == tf.bfloat16
+    np.testing.assert_allclose(tf.cast(y16, tf.float32).numpy(), want, rtol=3e-2, atol=3e-2)
