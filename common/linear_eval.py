@@ -4,6 +4,12 @@ The standard protocol for a self-supervised encoder: extract features of the tra
 splits with BN in inference mode and no augmentation beyond the eval centre crop, standardise them
 with the training mean and std, fit an L2-regularised softmax regression (L-BFGS, the L2 strength
 picked on a held-out tenth of the training set), and report test accuracy.
+
+Encoder features are strongly correlated (and some are constant: dead units), which makes plain
+L-BFGS crawl: on C-BYOL's Fashion-MNIST features it had not converged after 300 iterations, and
+the test accuracy moved by +-0.003 with the iteration cap. The fit therefore runs in whitened
+coordinates (W = P V, P = U S^-1/2 from the features' second moment), a change of variables that
+leaves the objective, and so the optimum, unchanged.
 """
 from __future__ import annotations
 
@@ -16,10 +22,12 @@ import tensorflow as tf
 
 @dataclasses.dataclass(frozen=True)
 class LinearEvalConfig:
-    """l2_grid: penalties (on the mean loss) tried on the held-out split; max_iter: L-BFGS cap."""
+    """l2_grid: penalties (on the mean loss) tried on the held-out split; max_iter: L-BFGS cap per
+    fit (on whitened coordinates, 200 iterations moved C-BYOL's Fashion-MNIST test accuracy by
+    less than 0.001 from 800)."""
     l2_grid: tuple = (1e-5, 1e-6)
     holdout_fraction: float = 0.1
-    max_iter: int = 300
+    max_iter: int = 200
     seed: int = 0
 
 
@@ -61,18 +69,46 @@ def _loss_and_grad(w_flat, x, onehot, l2):
     return loss, grad.ravel()
 
 
+# Eigenvalues of the features' second moment below this fraction of their mean are raised to it
+# before whitening, so that P stays invertible with constant or collinear features.
+_EIGEN_FLOOR = 1e-3
+
+
+def whitening(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(P, P^-1), both [F+1, F+1]: P = U S^-1/2 for x^T x / N = U S U^T (eigenvalues floored at
+    _EIGEN_FLOOR x their mean), and 1 for the bias row and column, so that the logits x W + b of
+    W = P V are those of whitened features with weights V."""
+    f = x.shape[1]
+    second = x.T.astype(np.float64) @ x.astype(np.float64) / len(x)
+    s, u = np.linalg.eigh(second)
+    s = np.maximum(s, _EIGEN_FLOOR * max(float(s.mean()), np.finfo(np.float64).tiny))
+    p, p_inv = np.eye(f + 1), np.eye(f + 1)
+    p[:f, :f] = u / np.sqrt(s)
+    p_inv[:f, :f] = (u * np.sqrt(s)).T
+    return p, p_inv
+
+
 def fit_logistic_regression(x: np.ndarray, y: np.ndarray, num_classes: int, l2: float,
-                            max_iter: int = 300, init: np.ndarray | None = None) -> np.ndarray:
+                            max_iter: int = 200, init: np.ndarray | None = None) -> np.ndarray:
     """Fits W [F+1, K] (last row = bias) to standardised features x [N,F] and labels y [N].
 
-    `init` warm-starts L-BFGS (a solution for a nearby L2 converges in far fewer iterations).
+    Minimises `_loss_and_grad`'s objective over V with W = P V (`whitening`); the gradient is
+    P^T dL/dW. `init` (a W) warm-starts L-BFGS: a solution for a nearby L2 converges in far fewer
+    iterations.
     """
     xb = np.concatenate([x, np.ones((len(x), 1), x.dtype)], axis=1)
     onehot = np.eye(num_classes, dtype=xb.dtype)[y]
-    w0 = np.zeros(xb.shape[1] * num_classes) if init is None else init.ravel()
-    res = scipy.optimize.minimize(_loss_and_grad, w0, args=(xb, onehot, l2), jac=True,
-                                  method="L-BFGS-B", options={"maxiter": max_iter})
-    return res.x.reshape(xb.shape[1], num_classes)
+    p, p_inv = whitening(x)
+    shape = (xb.shape[1], num_classes)
+
+    def loss_and_grad(v_flat):
+        loss, grad = _loss_and_grad((p @ v_flat.reshape(shape)).ravel(), xb, onehot, l2)
+        return loss, (p.T @ grad.reshape(shape)).ravel()
+
+    v0 = np.zeros(shape) if init is None else p_inv @ init
+    res = scipy.optimize.minimize(loss_and_grad, v0.ravel(), jac=True, method="L-BFGS-B",
+                                  options={"maxiter": max_iter})
+    return p @ res.x.reshape(shape)
 
 
 def _accuracy(w, x, y):
