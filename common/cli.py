@@ -120,10 +120,23 @@ def main(algorithm: str, build_method, presets: dict) -> dict:
 
 
 def run(algorithm: str, build_method, presets: dict) -> None:
-    """The `if __name__ == "__main__"` of every train.py: parse flags, then `main`."""
+    """The `if __name__ == "__main__"` of every train.py: parse flags, then `main`.
+
+    app.run turns absl's logging up to INFO unless -v/--verbosity is given, and TensorFlow's Python
+    side logs at INFO on every checkpoint save; the trainers print their own progress, so without
+    the flag the level is WARNING (`--verbosity=0` brings INFO back).
+    """
+    import re
+    import sys
+
     from absl import app
+    from absl import logging as absl_logging
+
+    verbosity_given = any(re.match(r"^--?(v|verbosity)(=|$)", a) for a in sys.argv[1:])
 
     def _main(argv):
+        if not verbosity_given:
+            absl_logging.set_verbosity(absl_logging.WARNING)
         if len(argv) > 1:
             flags_lib.die(f"unexpected arguments {argv[1:]}; flags look like --name=value.")
         main(algorithm, build_method, presets)

@@ -148,6 +148,11 @@ def train_resume_eval(package: str, model_dir: str, *extra: str) -> dict:
     third = run_train_py(package, "--train_steps=4", "--mode=eval", "--eval_timeout=30", *small)
     assert third.returncode == 0, third.stdout[-4000:]
     assert "eval step 4" in third.stdout, third.stdout[-2000:]
+    # Python-side INFO logging (absl's format, e.g. a line per checkpoint save) stays off.
+    import re
+    for log in (first.stdout, second.stdout, third.stdout):
+        info = re.findall(r"^I\d{4} [\d:.]+ +\d+ \S+\.py:\d+\].*$", log, flags=re.M)
+        assert not info, info[:3]
     with open(os.path.join(model_dir, "result.json")) as f:
         result = json.load(f)
     return {"result": result, "logs": (first.stdout, second.stdout, third.stdout)}
