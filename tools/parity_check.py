@@ -29,6 +29,7 @@ and counters exactly.
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import math
@@ -218,6 +219,12 @@ class Golden:
 
     def describe(self, key: str) -> str | None:
         return self.descriptions.get(key)
+
+    def with_arrays(self, arrays: dict[str, np.ndarray]) -> "Golden":
+        """A copy with some arrays replaced; the manifest and the float64 file are shared."""
+        other = copy.copy(self)
+        other.arrays = {**self.arrays, **arrays}
+        return other
 
 
 class GroupRun:
@@ -859,13 +866,10 @@ def _float32_spread(run: GroupRun, hp, layout, steps) -> dict[int, float]:
             changed = np.nextafter(x, direction.astype(np.float32))
             return np.where(rng.random(x.shape) < 0.5, changed, x).astype(np.float32)
 
-        shadow_golden = Golden.__new__(Golden)
-        shadow_golden.__dict__.update(g.__dict__)
-        shadow_golden.arrays = dict(g.arrays)
-        for key in g.keys("f/"):
-            if ("views" in moved and key in ("f/view1", "f/view2")) or \
-                    ("params" in moved and re.match(r"^f/(online|target)_params0/", key)):
-                shadow_golden.arrays[key] = nudge(g[key])
+        shadow_golden = g.with_arrays({
+            key: nudge(g[key]) for key in g.keys("f/")
+            if ("views" in moved and key in ("f/view1", "f/view2"))
+            or ("params" in moved and re.match(r"^f/(online|target)_params0/", key))})
         shadow = GroupRun(shadow_golden, "f", "float32 spread")
         batch = {"view1": A.normalize(tf.constant(shadow_golden["f/view1"])),
                  "view2": A.normalize(tf.constant(shadow_golden["f/view2"])),
