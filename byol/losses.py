@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from common import losses as common_losses
+from common.losses import terms as common_losses
 
 # Per-example 2 - 2 cos(p, t), [B, d] x [B, d] -> [B]; see common.losses.regression_loss.
 regression_loss = common_losses.regression_loss

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from byol import losses
-from common import models
+from common.training import models
 
 
 class BYOL(models.OnlineTargetMethod):

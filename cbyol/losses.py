@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from common import losses as common_losses
+from common.ceb import terms as ceb_terms
+from common.losses import terms as common_losses
 
 # b(z1|y) is built from the target's view of view 1 (the original release; REFERENCE.md decision 3).
 SAME_VIEW = "same"
@@ -61,9 +62,9 @@ def byol_ceb_loss(p1, p2, t1, t2, z1, z2, mu1, mu2, b_mean1, b_mean2,
     b1, b2 = common_losses.l2_normalize(b_mean1), common_losses.l2_normalize(b_mean2)
     if backward_view == OTHER_VIEW:
         b1, b2 = b2, b1
-    i_1, log_e1, log_b1 = common_losses.residual_information(
+    i_1, log_e1, log_b1 = ceb_terms.residual_information(
         z1, common_losses.l2_normalize(mu1), kappa_e, b1, kappa_b)
-    i_2, log_e2, log_b2 = common_losses.residual_information(
+    i_2, log_e2, log_b2 = ceb_terms.residual_information(
         z2, common_losses.l2_normalize(mu2), kappa_e, b2, kappa_b)
     residual = i_1 + i_2
 

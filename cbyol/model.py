@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from cbyol import heads as cbyol_heads
 from cbyol import losses
-from common import heads as heads_lib
-from common import losses as common_losses
-from common import models
+from common.losses import terms as common_losses
+from common.training import models
 
 
 class CBYOL(models.OnlineTargetMethod):
@@ -28,7 +28,7 @@ class CBYOL(models.OnlineTargetMethod):
         self.byol_loss_weight = byol_loss_weight
         self.backward_view = backward_view
         h = heads_cfg
-        self.predictor = heads_lib.StochasticPredictor(
+        self.predictor = cbyol_heads.StochasticPredictor(
             h.out_dim, h.hidden_dim, h.out_dim, kappa_e=ceb.kappa_e, bn=resnet_cfg.bn,
             use_hidden_bias=h.use_hidden_bias, name="predictor")
         # The mean network of b(z|y): trained by -beta log b only (its input is stop-gradient).

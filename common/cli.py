@@ -11,13 +11,13 @@ import time
 
 import tensorflow as tf
 
-from common import checkpoints
-from common import data as data_lib
-from common import distribute
-from common import finetune
+from common.training import checkpoints
+from common.data import datasets as data_lib
+from common.training import distribute
+from common.training import finetune
 from common import flags as flags_lib
-from common import linear_eval
-from common import trainer as trainer_lib
+from common.evaluation import linear_eval
+from common.training import trainer as trainer_lib
 
 FLAGS = flags_lib.FLAGS
 

@@ -13,14 +13,14 @@ import sys
 from absl import flags
 from absl import logging
 
-from common import augment as augment_lib
-from common import data as data_lib
-from common import distribute
-from common import models
-from common import optim as optim_lib
-from common import resnet as resnet_lib
-from common import schedules
-from common import trainer as trainer_lib
+from common.data import augment as augment_lib
+from common.data import datasets as data_lib
+from common.training import distribute
+from common.training import models
+from common.training import optim as optim_lib
+from common.networks import resnet as resnet_lib
+from common.training import schedules
+from common.training import trainer as trainer_lib
 
 FLAGS = flags.FLAGS
 

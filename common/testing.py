@@ -8,15 +8,15 @@ import functools
 
 import tensorflow as tf
 
-from common import data as data_lib
-from common import distribute
-from common import heads as heads_lib
-from common import method as method_lib
-from common import models
-from common import optim as optim_lib
-from common import resnet as resnet_lib
-from common import schedules
-from common import trainer as trainer_lib
+from common.data import datasets as data_lib
+from common.training import distribute
+from common.networks import heads as heads_lib
+from common.training import method as method_lib
+from common.training import models
+from common.training import optim as optim_lib
+from common.networks import resnet as resnet_lib
+from common.training import schedules
+from common.training import trainer as trainer_lib
 
 
 @functools.lru_cache(maxsize=None)

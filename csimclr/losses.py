@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from common import distribute
-from common import losses as common_losses
-from common import vmf
+from common.training import distribute
+from common.ceb import terms as ceb_terms
+from common.losses import terms as common_losses
+from common.ceb import vmf
 
 
 def direction_seeds(seed):
@@ -89,13 +90,13 @@ def contrastive_ceb_loss(hidden, kappa_e=1024.0, kappa_b=10.0, beta=1.0, samplin
         if sampling:
             # vmf samples in float32; the cast keeps float64 callers in float64 afterwards.
             z = tf.cast(vmf.VonMisesFisher(r_own, kappa_e).sample(dir_seed), r_own.dtype)
-        residual, log_e, log_b = common_losses.residual_information(
+        residual, log_e, log_b = ceb_terms.residual_information(
             z, r_own, kappa_e, r_other, kappa_b)
-        logits_ab = common_losses.vmf_log_prob_pairwise(z, other_large, kappa_b)
+        logits_ab = ceb_terms.vmf_log_prob_pairwise(z, other_large, kappa_b)
         logits_aa = None
         if double_batch_trick:
             logits_aa = common_losses.mask_self(
-                common_losses.vmf_log_prob_pairwise(z, own_large, kappa_b), labels)
+                ceb_terms.vmf_log_prob_pairwise(z, own_large, kappa_b), labels)
         ce, logits, bound = common_losses.info_nce(logits_ab, logits_aa, labels)
         return residual, bound - ce, log_e, log_b, logits
 

@@ -1,7 +1,7 @@
 """C-SimCLR: SimCLR's model with the contrastive CEB loss over vMF encoders."""
 from __future__ import annotations
 
-from common import models
+from common.training import models
 from csimclr import losses
 
 

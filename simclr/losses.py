@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from common import distribute
-from common import losses as common_losses
+from common.training import distribute
+from common.losses import terms as common_losses
 
 
 def contrastive_loss(hidden, temperature=0.1, double_batch_trick: bool = True,

@@ -1,7 +1,7 @@
 """SimCLR: one encoder and projection for both views, NT-Xent over the global batch."""
 from __future__ import annotations
 
-from common import models
+from common.training import models
 from simclr import losses
 
 

@@ -38,8 +38,8 @@ import numpy as np
 import tensorflow as tf
 
 from byol import model as byol_model
-from common import models
-from common import resnet as resnet_lib
+from common.training import models
+from common.networks import resnet as resnet_lib
 
 HEAD_MODULES = ("projector", "predictor", "classifier")
 TREES = ("params", "state", "target_params", "target_state")

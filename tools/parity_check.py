@@ -315,8 +315,8 @@ def _number(token: str) -> float:
 
 def group_a(run: GroupRun) -> None:
     from byol import losses as byol_losses
-    from common import losses as common_losses
-    from common import method as method_lib
+    from common.losses import terms as common_losses
+    from common.training import method as method_lib
 
     x = tf.constant(run.input("a/x"))
     y = tf.constant(run.input("a/y"))
@@ -355,7 +355,7 @@ def _lr_batch_size(golden: Golden, tag: str, total: int, warmup: int) -> tuple[i
     The manifest records it ('batch 4096'); without a manifest it is the batch B for which the
     reference's ImageNet step formulas give the stored (T, warmup) for the tag's epochs.
     """
-    from common import schedules
+    from common.training import schedules
 
     m = re.search(r"batch (\d+)", golden.describe(f"b/lr_{tag}") or "")
     if m:
@@ -374,7 +374,7 @@ def _lr_batch_size(golden: Golden, tag: str, total: int, warmup: int) -> tuple[i
 
 
 def group_b(run: GroupRun) -> None:
-    from common import schedules
+    from common.training import schedules
 
     g = run.golden
     steps = run.input("b/steps")
@@ -411,7 +411,7 @@ def _tf_name(haiku_key: str) -> str:
 
 
 def group_c(run: GroupRun) -> None:
-    from common import optim
+    from common.training import optim
 
     g = run.golden
     params0 = {k: run.input(f"c/params0/{k}") for k in sorted(g.tree("c/params0/"))}
@@ -470,7 +470,7 @@ def _manifest_number(golden: Golden, key: str, pattern: str) -> float | None:
 
 
 def group_d(run: GroupRun) -> None:
-    from common import augment as A
+    from common.data import augment as A
 
     g = run.golden
     images = run.input("d/images")
@@ -573,7 +573,7 @@ def _decisions_from_key(run: GroupRun, batch_sizes: list[int], image_size: int):
     """The reference's per-image decisions for each view, regenerated from `d/pp_key`; None (with
     `d/pp_key` listed as skipped) when the file has no key or does not say which threefry layout
     made it."""
-    from common import augment as A
+    from common.data import augment as A
     from tools import jax_prng
 
     g = run.golden
@@ -616,9 +616,9 @@ def golden_weight(key: str, shape) -> np.ndarray:
 
 
 def group_e(run: GroupRun) -> None:
-    from common import augment as A
-    from common import layers
-    from common import resnet as resnet_lib
+    from common.data import augment as A
+    from common.networks import layers
+    from common.networks import resnet as resnet_lib
     from tools import haiku_params
 
     g = run.golden
@@ -738,7 +738,7 @@ class _TargetExtras:
     """
 
     def __init__(self, method, maps, trees, ignored):
-        from common import heads
+        from common.networks import heads
 
         self.keys = {name: list(ignored.get(name, [])) for name in ("target_params", "target_state")}
         unknown = [k for keys in self.keys.values() for k in keys
@@ -771,7 +771,7 @@ class _TargetExtras:
     def step(self, projections, tau) -> None:
         """The reference's order: forward passes with the step's starting target parameters, then
         the EMA towards the updated online parameters."""
-        from common import ema as ema_lib
+        from common.training import ema as ema_lib
 
         if self.predictor is not None:
             for z in projections:
@@ -794,7 +794,7 @@ def group_f(run: GroupRun) -> None:
     the first carry the earlier steps' float32 rounding, which this ill-conditioned net (batch 8,
     BN over 1x1 maps) amplifies about tenfold into the gradients (see PARITY.md), so they are held
     to TOL_F_CHAINED."""
-    from common import augment as A
+    from common.data import augment as A
     from tools import haiku_params
 
     g = run.golden
@@ -851,7 +851,7 @@ def _float32_spread(run: GroupRun, hp, layout, steps) -> dict[int, float]:
     arrays are compared with the unmoved run's as the reference is (max |a - b| / max |stored|,
     numerically-zero arrays left out). Returns {step: largest value over arrays and runs}. Nothing
     is compared with the reference here."""
-    from common import augment as A
+    from common.data import augment as A
 
     g = run.golden
     ours = {r.key: r.got for r in run.rows if r.note.startswith("chained")}
@@ -889,11 +889,11 @@ def _float32_spread(run: GroupRun, hp, layout, steps) -> dict[int, float]:
 
 def _run_byol_steps(run: GroupRun, hp, layout, batch, steps, start: int, count: int, phase: str) -> None:
     """Builds the project's Pretrainer, loads the stored state after step `start`, runs `count`
-    training steps through Pretrainer._train_step and compares everything stored for them."""
-    from common import data as data_lib
-    from common import optim
-    from common import schedules
-    from common import trainer as trainer_lib
+    training steps through Pretrainer.run_steps and compares everything stored for them."""
+    from common.data import datasets as data_lib
+    from common.training import optim
+    from common.training import schedules
+    from common.training import trainer as trainer_lib
     from tools import haiku_params
 
     g = run.golden
@@ -939,7 +939,7 @@ def _run_byol_steps(run: GroupRun, hp, layout, batch, steps, start: int, count: 
         trainer.optimizer.iterations.assign(steps[k - 1])
         trainer.metrics.reset()
         recorder.targets = []
-        trainer.strategy.run(trainer._train_step, args=(batch,))
+        trainer.run_steps(1, [batch])
         logged = trainer.metrics.result()
         extras.step(recorder.targets, tf.constant(logged["tau"], tf.float32))
 

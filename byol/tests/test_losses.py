@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from byol import losses
-from common import losses as common_losses
+from common.losses import terms as common_losses
 
 GOLDEN = pathlib.Path(__file__).resolve().parents[2] / "tools" / "golden" / "byol_golden.npz"
 

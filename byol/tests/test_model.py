@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from byol import model
-from common import models
+from common.training import models
 from common import testing
 
 T = 10
@@ -44,7 +44,7 @@ def test_target_is_the_ema_of_the_recorded_online_parameters(tmp_path):
     # Independent initialisation, as in both references.
     assert any(not np.array_equal(a, b.numpy()) for a, b in zip(init_online, m.target_variables()))
     for k in range(4):
-        tr._loop(tr.iterator, tf.constant(1, tf.int32))
+        tr.run_steps(1)
         tau = 1 - (1 - BASE_EMA) * (math.cos(math.pi * min(k, T) / T) + 1) / 2
         online = [v.numpy() for v in m.online_variables()]
         expected = [e + (1 - tau) * (o - e) for e, o in zip(expected, online)]

@@ -5,7 +5,7 @@ import numpy as np
 import tensorflow as tf
 
 from cbyol import model
-from common import models
+from common.training import models
 from common import testing
 
 T = 10
@@ -78,7 +78,7 @@ def test_target_follows_ema_through_training_steps(tmp_path):
     expected = [v.numpy().astype(np.float64) for v in m.target_variables()]
     backward0 = [v.numpy() for v in m.backward_projector.trainable_variables]
     for k in range(3):
-        tr._loop(tr.iterator, tf.constant(1, tf.int32))
+        tr.run_steps(1)
         tau = 1 - (1 - 0.9) * (math.cos(math.pi * k / T) + 1) / 2
         expected = [e + (1 - tau) * (o.numpy() - e) for e, o in zip(expected, m.online_variables())]
     for e, t in zip(expected, m.target_variables()):

@@ -10,10 +10,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from common import data as data_lib  # noqa: E402
-from common import distribute  # noqa: E402
+from common.data import datasets as data_lib  # noqa: E402
+from common.training import distribute  # noqa: E402
 from common import testing  # noqa: E402
-from common import trainer as trainer_lib  # noqa: E402
+from common.training import trainer as trainer_lib  # noqa: E402
 
 
 def main():
@@ -27,7 +27,7 @@ def main():
                                 None, strategy, dataset_fn=testing.synthetic_dataset_fn(8, 16, 4),
                                 num_classes=4, print_fn=lambda *a, **k: None)
     initial = {f"i{i}": v.numpy() for i, v in enumerate(tr.method.variables)}
-    tr._loop(tr.iterator, tf.constant(2, tf.int32))
+    tr.run_steps(2)
     values = {f"v{i}": v.numpy() for i, v in enumerate(tr.method.variables)}
     np.savez(out, step=tr.step, ssl=tr.metrics.result()["ssl"], **values, **initial)
 

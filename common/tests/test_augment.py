@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from common import augment as A
+from common.data import augment as A
 
 GOLDEN = pathlib.Path(__file__).resolve().parents[2] / "tools" / "golden" / "byol_golden.npz"
 CLOSE = 5e-7  # float32 parity bound for the ops that are not bit-exact (contrast, blur, pipeline)

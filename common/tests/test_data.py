@@ -10,9 +10,9 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from common import augment
-from common import data
-from common import distribute
+from common.data import augment
+from common.data import datasets as data
+from common.training import distribute
 from common import testing
 
 _FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from common import ema
+from common.training import ema
 
 
 def test_ema_matches_formula_over_steps():

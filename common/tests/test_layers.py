@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from common import distribute, layers
+from common.networks import layers
+from common.training import distribute
 from common import testing
 
 

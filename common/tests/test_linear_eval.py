@@ -1,7 +1,7 @@
 """Offline linear evaluation: the objective's gradient, the optimum, and the protocol end to end."""
 import numpy as np
 
-from common import linear_eval
+from common.evaluation import linear_eval
 
 
 def _data(n=600, f=5, k=3, seed=0):

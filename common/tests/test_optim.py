@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from common import optim
+from common.training import optim
 from common import testing
 
 GOLDEN_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "tools", "golden")

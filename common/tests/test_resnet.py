@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from common import layers, resnet
+from common.networks import layers, resnet
 from common.tests.test_layers import np_bn, np_batch_stats, np_conv2d
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from common import schedules
+from common.training import schedules
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "..", "..", "tools", "golden", "byol_golden.npz")
 

@@ -3,12 +3,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from common import checkpoints
-from common import data as data_lib
-from common import optim as optim_lib
-from common import schedules
+from common.training import checkpoints
+from common.data import datasets as data_lib
+from common.training import optim as optim_lib
+from common.training import schedules
 from common import testing
-from common import trainer as trainer_lib
+from common.training import trainer as trainer_lib
 
 IMAGE = 16
 
@@ -98,7 +98,7 @@ def test_two_replicas_equal_one_device_on_the_same_global_batch(tmp_path):
                                   testing.two_replica_strategy()]):
         tf.random.set_seed(3)
         tr = _pretrainer(str(tmp_path / str(k)), 2, strategy, _sharded_fn(batches, 8))
-        tr._loop(tr.iterator, tf.constant(2, tf.int32))
+        tr.run_steps(2)
         results.append((_state(tr), tr.metrics.result()))
     (s1, m1), (s2, m2) = results
     for a, b in zip(s1, s2):

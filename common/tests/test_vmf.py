@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 from scipy import special, stats
 
-from common import vmf
+from common.ceb import vmf
 from common import testing
 
 

@@ -4,8 +4,8 @@ import pytest
 import scipy.special
 import tensorflow as tf
 
-from common import losses as common_losses
-from common import vmf
+from common.losses import terms as common_losses
+from common.ceb import vmf
 from common import testing
 from csimclr import losses
 

@@ -125,7 +125,7 @@ def test_layout_from_meta():
 
 def test_reference_decisions_regenerate_from_the_stored_key():
     """The oracle: the decisions DeepMind's postprocess recorded (JAX 0.10.2, partitionable)."""
-    from common import augment
+    from common.data import augment
 
     with np.load(GOLDEN) as g:
         key, want = g["d/pp_key"], [g["d/pp_view1_decisions"], g["d/pp_view2_decisions"]]

@@ -27,7 +27,7 @@ from typing import Callable
 
 import tensorflow as tf
 
-from common import distribute
+from common.training import distribute
 
 Initializer = Callable[[tuple, tf.DType], tf.Tensor]
 
@@ -69,16 +69,16 @@ def initializer(name: str) -> Initializer:
     'haiku': fan-in truncated normal, truncation not corrected (DeepMind BYOL, haiku default);
     'keras': fan-in truncated normal, corrected (Keras VarianceScaling(); release convs and its
              mlp_init='byol' heads);
-    'simclr': N(0, 0.01^2) (the release's mlp_init='simclr' heads).
+    'normal': N(0, 0.01^2) (the release's mlp_init='simclr' heads).
     """
     if name == "haiku":
         return fan_in_truncated_normal(correct_truncation=False)
     if name == "keras":
         return fan_in_truncated_normal(correct_truncation=True)
-    if name == "simclr":
+    if name == "normal":
         return normal_init(0.01)
     raise ValueError(f"unknown kernel initializer {name!r}; use 'haiku' (DeepMind: sd 1/sqrt(fan_in),"
-                     " truncation not corrected), 'keras' (release: VarianceScaling()) or 'simclr' "
+                     " truncation not corrected), 'keras' (release: VarianceScaling()) or 'normal' "
                      "(N(0, 0.01^2)).")
 
 

@@ -11,10 +11,10 @@ import re
 
 import tensorflow as tf
 
-from common import checkpoints
-from common import heads as heads_lib
-from common import method as method_lib
-from common import resnet as resnet_lib
+from common.training import checkpoints
+from common.networks import heads as heads_lib
+from common.training import method as method_lib
+from common.networks import resnet as resnet_lib
 
 
 @dataclasses.dataclass(frozen=True)

@@ -4,8 +4,9 @@ import pytest
 import scipy.special
 import tensorflow as tf
 
-from common import losses
-from common import vmf
+from common.losses import terms as losses
+from common.ceb import terms as ceb_terms
+from common.ceb import vmf
 from common import testing
 
 
@@ -107,7 +108,7 @@ def test_contrast_accuracy_and_entropy_hand_values():
 @pytest.mark.parametrize("dim,kappa", [(16, 10.0), (16, 1024.0), (8, 0.5)])
 def test_vmf_log_prob_pairwise_matches_scipy(dim, kappa):
     z, mu = unit_rows(3, dim, 2), unit_rows(5, dim, 3)
-    got = losses.vmf_log_prob_pairwise(z, mu, kappa).numpy()
+    got = ceb_terms.vmf_log_prob_pairwise(z, mu, kappa).numpy()
     np.testing.assert_allclose(got, kappa * z @ mu.T + np_log_c(dim, kappa), rtol=1e-10,
                                atol=log_c_atol(dim, kappa))
 
@@ -117,12 +118,12 @@ def test_vmf_log_prob_pairwise_agrees_with_broadcast_log_prob():
     broadcast = vmf.VonMisesFisher(mu[None], tf.constant(10.0, tf.float64)).log_prob(z[:, None, :])
     assert broadcast.shape == (3, 4)
     np.testing.assert_allclose(
-        losses.vmf_log_prob_pairwise(z, mu, 10.0).numpy(), broadcast.numpy(), rtol=1e-6, atol=1e-6)
+        ceb_terms.vmf_log_prob_pairwise(z, mu, 10.0).numpy(), broadcast.numpy(), rtol=1e-6, atol=1e-6)
 
 
 def test_residual_information_matches_scipy():
     z, e_mean, b_mean = unit_rows(4, 12, 6), unit_rows(4, 12, 7), unit_rows(4, 12, 8)
-    i, log_e, log_b = losses.residual_information(z, e_mean, 1024.0, b_mean, 10.0)
+    i, log_e, log_b = ceb_terms.residual_information(z, e_mean, 1024.0, b_mean, 10.0)
     want_e = 1024.0 * np.sum(z * e_mean, 1) + np_log_c(12, 1024.0)
     want_b = 10.0 * np.sum(z * b_mean, 1) + np_log_c(12, 10.0)
     atol_e, atol_b = log_c_atol(12, 1024.0), log_c_atol(12, 10.0)

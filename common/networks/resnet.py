@@ -35,7 +35,7 @@ import functools
 
 import tensorflow as tf
 
-from common import layers
+from common.networks import layers
 
 _DEPTHS = {  # depth -> (blocks per group, bottleneck)
     18: ((2, 2, 2, 2), False),

@@ -5,7 +5,7 @@ import time
 
 import tensorflow as tf
 
-from common import distribute
+from common.training import distribute
 
 
 class MetricAccumulator(tf.Module):

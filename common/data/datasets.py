@@ -34,7 +34,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from common import augment as aug_lib
+from common.data import augment as aug_lib
 
 #: Where Debian's package `dataset-fashion-mnist` installs the IDX files.
 DEBIAN_FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"

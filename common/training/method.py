@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from common import heads as heads_lib
+from common.networks import heads as heads_lib
 
 
 class Method(tf.Module):

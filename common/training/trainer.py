@@ -15,13 +15,13 @@ from typing import Callable
 
 import tensorflow as tf
 
-from common import augment as augment_lib
-from common import checkpoints
-from common import data as data_lib
-from common import distribute
-from common import optim as optim_lib
-from common import reporting
-from common import schedules
+from common.data import augment as augment_lib
+from common.training import checkpoints
+from common.data import datasets as data_lib
+from common.training import distribute
+from common.training import optim as optim_lib
+from common.training import reporting
+from common.training import schedules
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,6 +169,23 @@ class Pretrainer:
         for _ in tf.range(num_steps):
             self.strategy.run(self._step_fn, args=(next(iterator),))
 
+    def run_steps(self, num_steps: int, batches=None) -> None:
+        """Runs `num_steps` optimizer steps (no checkpoint, no report; metrics accumulate).
+
+        batches: None draws from the input pipeline, positioned at the current step; otherwise a
+          sequence of `num_steps` batches ({'view1', 'view2', 'label'}, or per-replica values of
+          them), each fed to one step in order, eagerly (tools that replay stored batches).
+        """
+        if batches is None:
+            if num_steps > 0:
+                self._loop(self.iterator, tf.constant(num_steps, tf.int32))
+            return
+        batches = list(batches)
+        if len(batches) != num_steps:
+            raise ValueError(f"run_steps({num_steps}) got {len(batches)} batches; pass one per step.")
+        for batch in batches:
+            self.strategy.run(self._step_fn, args=(batch,))
+
     def restore(self) -> int:
         """Resumes from the newest checkpoint in model_dir, if any; returns the step."""
         path = checkpoints.restore_latest(self.checkpoint, self.manager)
@@ -191,7 +208,7 @@ class Pretrainer:
         while step < cfg.train_steps:
             next_ckpt = (step // cfg.checkpoint_steps + 1) * cfg.checkpoint_steps
             n = min(cfg.steps_per_loop, cfg.train_steps - step, next_ckpt - step)
-            self._loop(self.iterator, tf.constant(n, tf.int32))
+            self.run_steps(n)
             step = self.step
             last = progress.report(step, self.metrics.result())
             self.metrics.reset()

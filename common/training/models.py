@@ -15,11 +15,11 @@ import dataclasses
 
 import tensorflow as tf
 
-from common import ema as ema_lib
-from common import heads as heads_lib
-from common import method as method_lib
-from common import resnet as resnet_lib
-from common import schedules
+from common.training import ema as ema_lib
+from common.networks import heads as heads_lib
+from common.training import method as method_lib
+from common.networks import resnet as resnet_lib
+from common.training import schedules
 
 
 @dataclasses.dataclass(frozen=True)

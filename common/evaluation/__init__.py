@@ -1,0 +1,1 @@
+"""Evaluations of a trained encoder: offline linear evaluation on frozen features."""
