@@ -5,7 +5,7 @@ import tensorflow as tf
 
 from common.losses import terms as common_losses
 
-# Per-example 2 - 2 cos(p, t), [B, d] x [B, d] -> [B]; see common.losses.regression_loss.
+# Per-example 2 - 2 cos(p, t), [B, d] x [B, d] -> [B]; see common.losses.terms.regression_loss.
 regression_loss = common_losses.regression_loss
 
 

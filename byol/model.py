@@ -9,7 +9,7 @@ class BYOL(models.OnlineTargetMethod):
     """q(g(f(v1))) regressed onto g'(f'(v2)) and vice versa; target updated by EMA.
 
     `use_predictor=False` reproduces the release's scripts, which forgot the predictor
-    (REFERENCE.md decision 1); the paper configs keep it.
+    (docs/DECISIONS.md 1); the paper configs keep it.
     """
 
     metric_names = ("byol_loss", "probe_loss", "probe_acc", "tau")

@@ -6,7 +6,7 @@ import tensorflow as tf
 from common.ceb import terms as ceb_terms
 from common.losses import terms as common_losses
 
-# b(z1|y) is built from the target's view of view 1 (the original release; REFERENCE.md decision 3).
+# b(z1|y) is built from the target's view of view 1 (the original release; docs/DECISIONS.md 3).
 SAME_VIEW = "same"
 # b(z1|y) is built from the target's view of view 2, the other view, as in CEB's b(z|y).
 OTHER_VIEW = "other"

@@ -5,6 +5,7 @@ import tensorflow as tf
 
 from cbyol import heads as cbyol_heads
 from cbyol import losses
+from common.ceb import settings as ceb_settings
 from common.losses import terms as common_losses
 from common.training import models
 
@@ -18,7 +19,7 @@ class CBYOL(models.OnlineTargetMethod):
     progress_keys = ("loss", "byol_loss", "i_xzx_y", "probe_acc")
 
     def __init__(self, resnet_cfg, heads_cfg, target_cfg, num_classes,
-                 ceb: models.CEBConfig = models.CEBConfig(kappa_e=16384.0),
+                 ceb: ceb_settings.CEBConfig = ceb_settings.CEBConfig(kappa_e=16384.0),
                  byol_loss_weight=1.0, backward_view="same"):
         super().__init__(resnet_cfg, heads_cfg, target_cfg, num_classes, name="cbyol")
         if backward_view not in ("same", "other"):
@@ -30,7 +31,7 @@ class CBYOL(models.OnlineTargetMethod):
         h = heads_cfg
         self.predictor = cbyol_heads.StochasticPredictor(
             h.out_dim, h.hidden_dim, h.out_dim, kappa_e=ceb.kappa_e, bn=resnet_cfg.bn,
-            use_hidden_bias=h.use_hidden_bias, name="predictor")
+            use_hidden_bias=h.use_hidden_bias, kernel_init=h.kernel_init, name="predictor")
         # The mean network of b(z|y): trained by -beta log b only (its input is stop-gradient).
         self.backward_projector = self._mlp(h.out_dim, resnet_cfg.bn, "backward_projector")
 

@@ -160,12 +160,42 @@ def train_resume_eval(package: str, model_dir: str, *extra: str) -> dict:
 
 def check_small_run(package: str, tmp_path) -> None:
     """train_resume_eval plus the checks every trainer must pass: step, examples, accuracies in
-    range, flags.json and TensorBoard events written."""
+    range, config.json and TensorBoard events written."""
     import os
     run = os.path.join(str(tmp_path), "run")
     result = train_resume_eval(package, run)["result"]
     assert result["global_step"] == 4
     assert result["num_examples"] == 500
     assert 0.0 <= result["label_top_1_accuracy"] <= result["label_top_5_accuracy"] <= 1.0
-    assert os.path.exists(os.path.join(run, "flags.json"))
+    assert os.path.exists(os.path.join(run, "config.json"))
     assert any(f.startswith("events") for f in os.listdir(os.path.join(run, "train")))
+
+
+# The paper's ImageNet recipe as the release's scripts launch it, written out by hand as the oracle
+# of every algorithm's preset test: ResNet-50, batch 4096, LARS, 10 warm-up epochs, cosine decay,
+# the release's head initialisation.
+PAPER_IMAGENET = dict(dataset="imagenet2012", resnet_depth=50, width_multiplier=1.0,
+                      image_size=224, train_batch_size=4096, optimizer="lars", warmup_epochs=10.0,
+                      learning_rate_scaling="linear", learning_rate_schedule="cosine",
+                      train_steps=0, mlp_init="release")
+
+
+def flat_config(cfg) -> dict:
+    """{flag: value} of a configuration tree."""
+    from common.cli import settings
+    return {leaf.flag: settings.get_path(cfg, leaf.path) for leaf in settings.leaves(cfg)}
+
+
+def check_presets(configs_module, paper: dict) -> None:
+    """Every preset passes the checks; each paper preset has PAPER_IMAGENET and its own `paper`
+    values; the default is the small Fashion-MNIST run."""
+    from common.cli import settings
+    for name, cfg in configs_module.PRESETS.items():
+        assert settings.problems(cfg)[0] == [], name
+    for name, own in paper.items():
+        flat = flat_config(configs_module.PRESETS[name])
+        for key, value in {**PAPER_IMAGENET, **own}.items():
+            assert flat[key] == value, (name, key, flat[key], value)
+    small = flat_config(configs_module.PRESETS[configs_module.DEFAULT])
+    assert small["dataset"] == "fashion_mnist" and small["train_steps"] == 840
+    assert small["resnet_depth"] == 18 and small["width_multiplier"] == 0.25

@@ -55,14 +55,19 @@ def contrastive_ceb_loss(hidden, kappa_e=1024.0, kappa_b=10.0, beta=1.0, samplin
       strategy: accepted for API compatibility and not used; the replica context decides which rows
         are negatives (call inside `strategy.run`).
       seed: int tensor [2], the stateless seed of the samples; replica r uses
-        `direction_seeds(seed)` (the user seed with r folded in). None draws a fresh seed from
-        tf.random.uniform on every call, which makes the loss non-deterministic.
+        `direction_seeds(seed)` (the user seed with r folded in). Required when sampling (None
+        raises ValueError, so that a run is a function of its seed); ignored when sampling=False,
+        where None is the natural value.
 
     Returns:
       loss: scalar mean over the B local rows of loss_a (+ loss_b); directions summed.
       metrics: dict of scalar tensors (means over local rows): i_xzx_y, i_y_zx,
         h_e_zx_x = -log e(z_x|x), h_b_zx_y = -log b(z_x|y), and with bidirectional i_yzy_x, i_x_zy;
         contrast_acc, the top-1 accuracy of the X->Y scores over all candidates.
+
+    Raises:
+      ValueError: sampling without a seed, an odd number of rows, non-positive kappas, or a seed
+        not of shape [2].
     """
     del strategy
     hidden = common_losses.as_float(hidden, "hidden")
@@ -82,7 +87,9 @@ def contrastive_ceb_loss(hidden, kappa_e=1024.0, kappa_b=10.0, beta=1.0, samplin
     seed_xy = seed_yx = None
     if sampling:
         if seed is None:
-            seed = tf.random.uniform([2], maxval=tf.int32.max, dtype=tf.int32)
+            raise ValueError(
+                "contrastive_ceb_loss(sampling=True) needs a stateless seed (int [2]) for the vMF "
+                "samples z ~ e(z|x); pass seed=..., or sampling=False to use the mean direction.")
         seed_xy, seed_yx = direction_seeds(seed)
 
     def direction(r_own, r_other, own_large, other_large, dir_seed):

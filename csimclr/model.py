@@ -1,6 +1,7 @@
 """C-SimCLR: SimCLR's model with the contrastive CEB loss over vMF encoders."""
 from __future__ import annotations
 
+from common.ceb import settings as ceb_settings
 from common.training import models
 from csimclr import losses
 
@@ -13,7 +14,7 @@ class CSimCLR(models.SharedEncoderMethod):
     progress_keys = ("loss", "i_xzx_y", "contrast_acc", "probe_acc")
 
     def __init__(self, resnet_cfg, heads_cfg, num_classes,
-                 ceb: models.CEBConfig = models.CEBConfig(), sampling=True,
+                 ceb: ceb_settings.CEBConfig = ceb_settings.CEBConfig(), sampling=True,
                  double_batch_trick=True):
         super().__init__(resnet_cfg, heads_cfg, num_classes, name="csimclr")
         self.ceb = ceb

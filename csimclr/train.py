@@ -1,25 +1,27 @@
 """Train or evaluate C-SimCLR: `python csimclr/train.py [--config=csimclr_small] [flags]`.
 
-Flag names follow the original release's run.py; `--helpfull` lists them.
+Flag names follow the original release's run.py; `--helpfull` lists them and `--print_config`
+shows the resolved configuration.
 """
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from common import cli  # noqa: E402
-from common import flags as flags_lib  # noqa: E402
-from csimclr import configs  # noqa: E402
-from csimclr import model  # noqa: E402
-
-FLAGS = flags_lib.FLAGS
-flags_lib.define_flags("csimclr", configs.PRESETS, configs.DEFAULT)
+from common.cli import job
+from csimclr import configs
+from csimclr import model
 
 
-def build_method(num_classes, cfgs):
-    return model.CSimCLR(cfgs.resnet, cfgs.heads, num_classes, flags_lib.ceb_config(cfgs),
-                         sampling=FLAGS.ceb_sampling, double_batch_trick=FLAGS.double_batch_trick)
+def build_method(cfg, parts, num_classes):
+    a, steps = cfg.algorithm, parts.train.train_steps
+    return model.CSimCLR(parts.resnet, parts.heads, num_classes,
+                         a.ceb.config(parts.train.lr.warmup_steps, steps),
+                         sampling=a.ceb_sampling, double_batch_trick=a.double_batch_trick)
+
+
+TRAINER = job.TrainerSpec(name="csimclr", presets=configs.PRESETS, default_preset=configs.DEFAULT,
+                          build_method=build_method)
+
+
+def main():
+    job.run(TRAINER)
 
 
 if __name__ == "__main__":
-    cli.run("csimclr", build_method, configs.PRESETS)
+    main()

@@ -1,7 +1,7 @@
 """DeepMind BYOL's haiku parameter trees <-> the project's BYOL model (`byol.model.BYOL`).
 
 DeepMind's reference (deepmind-research/byol) keeps four haiku trees, each a dict
-{module_name: {leaf_name: array}} (BYOL_JAX_REFERENCE.md, section 9):
+{module_name: {leaf_name: array}} (the trees' key names: tools/PARITY.md, "The reference's trees"):
 
   params         online network: '<enc>/~/...' backbone, 'projector/...', 'predictor/...',
                  'classifier/{w,b}' (the online linear probe, trained with the same optimizer);

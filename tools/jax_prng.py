@@ -184,7 +184,7 @@ def byol_postprocess_decisions(key: np.ndarray, batch_sizes: Sequence[int], cfg,
                                prng: ThreefryPRNG) -> list[np.ndarray]:
     """The per-image decisions of the BYOL reference's `augmentations.postprocess(inputs, key)`.
 
-    The reference's key tree (BYOL_JAX_REFERENCE.md, section 8): one key per view
+    The reference's key tree (as its augmentations.postprocess splits it): one key per view
     (split(key, n_views)); per view, one key per op (split(view, 4): flip, colour, blur, solarize);
     per image, split(op_key, B)[i]. Per image i:
       flip      _, f = split(k_i);                     flip = U(f) <= 0.5

@@ -29,15 +29,21 @@ if [ ! -x "$ROOT/.venv/bin/python" ]; then
   "$PY" -m venv "$ROOT/.venv"
 fi
 stamp="$ROOT/.venv/.requirements.sha256"
-want=$(sha256sum "$ROOT/requirements.txt" | cut -d' ' -f1)
+want=$(cat "$ROOT/requirements.txt" "$ROOT"/{common,simclr,csimclr,byol,cbyol,tools}/pyproject.toml | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   say "installing pinned packages from requirements.txt into .venv (a few minutes the first time)"
   # (grep drops the notes some pip configurations print for every missing local index)
   "$ROOT/.venv/bin/python" -m pip install -q --upgrade pip 2>&1 | grep -v "is ignored: it is neither" || true
   "$ROOT/.venv/bin/python" -m pip install -q -r "$ROOT/requirements.txt" 2>&1 \
     | grep -v "is ignored: it is neither" || true
-  "$ROOT/.venv/bin/python" -c "import tensorflow, tensorflow_datasets, tensorboard, scipy, absl, pytest" \
-    || { say "installing the pinned packages failed (see above)"; exit 1; }
+  say "installing the project's packages (common, simclr, csimclr, byol, cbyol, tools) in editable mode"
+  # setuptools warns about editable installs of folders named like their package: that is the layout.
+  "$ROOT/.venv/bin/python" -m pip install -q -e "$ROOT/common" -e "$ROOT/simclr" -e "$ROOT/csimclr" \
+    -e "$ROOT/byol" -e "$ROOT/cbyol" -e "$ROOT/tools" >"$ROOT/.venv/install.log" 2>&1 \
+    || { cat "$ROOT/.venv/install.log"; say "installing the project's packages failed (see above)"; exit 1; }
+  if ! (cd / && "$ROOT/.venv/bin/python" -c "import tensorflow, tensorflow_datasets, tensorboard, scipy, absl, pytest, common.cli.job, simclr.train, csimclr.train, byol.train, cbyol.train, tools.parity_check" >"$ROOT/.venv/import.log" 2>&1); then
+    cat "$ROOT/.venv/import.log"; say "importing the installed packages failed (see above)"; exit 1
+  fi
   echo "$want" > "$stamp"
 else
   say "pinned packages already installed in .venv"

@@ -80,3 +80,79 @@ def test_probe_reads_backbone_or_projection(probe_input, dim):
     m = model.BYOL(testing.tiny_resnet(), heads, models.TargetConfig(), 4)
     assert m.probe.in_dim == dim
     assert m.features(tf.zeros([2, 16, 16, 3])).shape == (2, dim)
+
+
+# ------------------------------------------------------------------------------ wiring
+
+def _record(monkeypatch, owner, attr):
+    import inspect
+    fn = getattr(owner, attr)
+    sig = inspect.signature(fn)
+    calls = []
+
+    def recorder(*args, **kwargs):
+        bound = sig.bind(*args, **kwargs)
+        bound.apply_defaults()
+        calls.append(dict(bound.arguments))
+        return fn(*args, **kwargs)
+    monkeypatch.setattr(owner, attr, recorder)
+    return calls
+
+
+def distinct_views(n=4, size=16):
+    rng = np.random.default_rng(51)
+    return {"view1": tf.constant(rng.standard_normal((n, size, size, 3)), tf.float32),
+            "view2": tf.constant(3.0 * rng.standard_normal((n, size, size, 3)) + 1.0, tf.float32),
+            "label": tf.constant([2, 0, 3, 1][:n], tf.int32)}
+
+
+@pytest.mark.parametrize("probe_input", ["backbone", "projection"])
+def test_predictions_and_targets_reach_the_loss_view_by_view(monkeypatch, probe_input):
+    heads = models.HeadsConfig(hidden_dim=16, out_dim=8, probe_input=probe_input)
+    m = model.BYOL(testing.tiny_resnet(), heads, models.TargetConfig(), 4, byol_loss_weight=0.6)
+    calls = _record(monkeypatch, model.losses, "byol_loss")
+    probe_calls = _record(monkeypatch, type(m), "probe_loss")
+    b = distinct_views()
+    loss, metrics = m.loss(b, tf.constant(0, tf.int64), tf.constant([1, 2]))
+    a = calls[0]
+    close = dict(rtol=1e-5, atol=1e-5)
+    outs = {}
+    for k in (1, 2):
+        v = b[f"view{k}"]
+        feats = m.encoder(v, training=True)
+        proj = m.projector(feats, training=True)
+        outs[k] = (feats, proj)
+        np.testing.assert_allclose(a[f"p{k}"].numpy(), m.predictor(proj, training=True).numpy(),
+                                   **close, err_msg=f"p{k}")
+        target = m.target_projector(m.target_encoder(v, training=True), training=True)
+        np.testing.assert_allclose(a[f"t{k}"].numpy(), target.numpy(), **close, err_msg=f"t{k}")
+    assert np.abs(a["t1"].numpy() - a["t2"].numpy()).max() > 0.1
+    assert a["weight"] == 0.6
+    want = outs[1][0] if probe_input == "backbone" else outs[1][1]
+    np.testing.assert_allclose(probe_calls[0]["features"].numpy(), want.numpy(), **close)
+    np.testing.assert_array_equal(probe_calls[0]["labels"].numpy(), b["label"].numpy())
+    # Each prediction regresses onto the target of the other view (float64).
+    def unit(x):
+        x = x.numpy().astype(np.float64)
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+    reg = (2 - 2 * np.sum(unit(a["p1"]) * unit(a["t2"]), 1)) + (
+        2 - 2 * np.sum(unit(a["p2"]) * unit(a["t1"]), 1))
+    np.testing.assert_allclose(metrics["byol_loss"].numpy(), reg.mean(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(loss.numpy() - metrics["probe_loss"].numpy(), 0.6 * reg.mean(),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_gradients_reach_online_predictor_probe_never_the_target():
+    m = make(4)
+    with tf.GradientTape(persistent=True) as tape:
+        loss, metrics = m.loss(distinct_views(), tf.constant(0, tf.int64), tf.constant([1, 2]))
+    variables = list(m.trainable_variables)
+    grads = tape.gradient(loss, variables)
+    assert {v.ref() for v, g in zip(variables, grads) if g is not None} == refs(
+        m.optimized_variables())
+    for v, g in zip(variables, grads):
+        if v.ref() in refs(list(m.predictor.trainable_variables) + list(m.probe.trainable_variables)):
+            assert np.abs(g.numpy()).max() > 0, v.name
+    assert list(tape.gradient(metrics["probe_loss"], m.encoder.trainable_variables)) == [None] * len(
+        m.encoder.trainable_variables)
+    del tape

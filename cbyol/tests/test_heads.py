@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from cbyol import heads as cbyol_heads
 from common.networks import layers
-from common.tests.test_layers import np_bn
+from common.tests.test_layers import check_init_moments, np_bn
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -44,16 +44,78 @@ def test_stochastic_predictor_unit_vectors_and_eval():
         _predictor(kappa=0.0)
 
 
-def test_stochastic_predictor_gradient_flows_through_the_sample():
+def _np_reflect(z0, mu):
+    """Householder reflection taking e1 to mu, applied to z0 (float64; an involution)."""
+    u = -mu.copy()
+    u[:, 0] += 1.0
+    u /= np.linalg.norm(u, axis=1, keepdims=True)
+    return z0 - 2.0 * np.sum(z0 * u, 1, keepdims=True) * u
+
+
+def _np_mu(x, w0, w1, eps=1e-5):
+    h = x @ w0
+    mean, var = h.mean(0), h.var(0)
+    h = np.maximum((h - mean) / np.sqrt(var + eps), 0.0) @ w1
+    return h / np.linalg.norm(h, axis=1, keepdims=True)
+
+
+def test_stochastic_predictor_gradient_through_the_sample_matches_finite_differences():
+    """d/dW sum(z * c) with the seed fixed, against a float64 central difference.
+
+    With the seed fixed the draw is z = l2n(H(mu) z0): z0 ~ vMF(e1, kappa) is fixed and H, the
+    reflection taking e1 to mu, moves with the weights. z0 is recovered as H(mu) z from the layer's
+    own sample, then the oracle recomputes mu (training-mode BN, scale 1, offset 0) and z in float64.
+    """
     pred = _predictor(kappa=20.0)
     x = tf.random.normal([8, 6], seed=2)
     c = tf.random.normal([8, 5], seed=3)
+    seed = tf.constant([1, 2], tf.int32)
     with tf.GradientTape() as tape:
-        _, z, _ = pred(x, training=True, seed=tf.constant([1, 2], tf.int32))
+        _, z, mu = pred(x, training=True, seed=seed)
         loss = tf.reduce_sum(z * c)  # depends on the weights only through the sample z
-    g0, g1 = tape.gradient(loss, [pred.linear_0.w, pred.linear_1.w])
-    for g in (g0, g1):
-        assert g is not None and np.isfinite(g.numpy()).all() and np.abs(g.numpy()).max() > 1e-4
+    got = tape.gradient(loss, [pred.linear_0.w, pred.linear_1.w])
+    x64, c64 = x.numpy().astype(np.float64), c.numpy().astype(np.float64)
+    w = [pred.linear_0.w.numpy().astype(np.float64), pred.linear_1.w.numpy().astype(np.float64)]
+    mu64 = _np_mu(x64, *w)
+    np.testing.assert_allclose(mu.numpy(), mu64, atol=1e-5)
+    z0 = _np_reflect(z.numpy().astype(np.float64), mu64)
+    assert np.all(np.abs(z0[:, 0] - np.sum(z.numpy() * mu.numpy(), 1)) < 1e-5)  # z0.e1 = z.mu
+
+    def np_loss(w0, w1):
+        zz = _np_reflect(z0, _np_mu(x64, w0, w1))
+        return np.sum(zz / np.linalg.norm(zz, axis=1, keepdims=True) * c64)
+
+    eps = 1e-6
+    for k, g in enumerate(got):
+        fd = np.zeros_like(w[k])
+        for idx in np.ndindex(fd.shape):
+            plus, minus = [a.copy() for a in w], [a.copy() for a in w]
+            plus[k][idx] += eps
+            minus[k][idx] -= eps
+            fd[idx] = (np_loss(*plus) - np_loss(*minus)) / (2 * eps)
+        assert np.abs(fd).max() > 0.1
+        np.testing.assert_allclose(g.numpy(), fd, rtol=0, atol=1e-4 * np.abs(fd).max())
+
+
+@pytest.mark.parametrize("name", ["haiku", "keras", "normal"])
+def test_stochastic_predictor_honours_kernel_init(name):
+    tf.random.set_seed(4)
+    pred = cbyol_heads.StochasticPredictor(256, 384, 128, kappa_e=50.0, use_hidden_bias=True,
+                                           kernel_init=name)
+    for linear in (pred.linear_0, pred.linear_1, pred.linear_2):
+        check_init_moments(linear.w.numpy(), name, linear.in_features)
+    np.testing.assert_array_equal(pred.linear_0.b.numpy(), 0.0)
+
+
+def test_cbyol_model_passes_the_heads_init_to_the_predictor():
+    from cbyol import model
+    from common import testing
+    from common.training import models
+    tf.random.set_seed(6)
+    heads_cfg = models.HeadsConfig(hidden_dim=256, out_dim=128, kernel_init="normal")
+    m = model.CBYOL(testing.tiny_resnet(), heads_cfg, models.TargetConfig(), 4)
+    for linear in (m.predictor.linear_0, m.predictor.linear_1, m.predictor.linear_2):
+        check_init_moments(linear.w.numpy(), "normal", linear.in_features)
 
 
 def test_release_predictor_matches_original_checkpoint_features():

@@ -17,7 +17,7 @@ def np_log_c(dim, kappa):
 
 
 def const_atol(dim, kappa_e, kappa_b):
-    """common.vmf rounds log C_d to float32; the loss adds four of them: allow a few ulps each."""
+    """common.ceb.vmf rounds log C_d to float32; the loss adds four of them: allow a few ulps each."""
     return 5e-7 * (abs(np_log_c(dim, kappa_e)) + abs(np_log_c(dim, kappa_b)))
 
 

@@ -2,9 +2,11 @@
 import math
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from cbyol import model
+from common.ceb import settings as ceb_settings
 from common.training import models
 from common import testing
 
@@ -14,7 +16,7 @@ T = 10
 def make(num_classes, beta=1.0):
     return model.CBYOL(testing.tiny_resnet(), testing.tiny_heads(),
                        models.TargetConfig(base_ema=0.9, total_steps=T), num_classes,
-                       models.CEBConfig(kappa_e=1024.0, kappa_b=10.0, beta=beta))
+                       ceb_settings.CEBConfig(kappa_e=1024.0, kappa_b=10.0, beta=beta))
 
 
 def refs(variables):
@@ -85,3 +87,175 @@ def test_target_follows_ema_through_training_steps(tmp_path):
         np.testing.assert_allclose(t.numpy(), e, rtol=1e-5, atol=1e-6)
     assert any(not np.array_equal(a, b.numpy())
                for a, b in zip(backward0, m.backward_projector.trainable_variables))
+
+
+# ------------------------------------------------------------------------------ wiring
+# Which network output reaches which input of the loss, checked against the sub-networks run
+# independently on each view, and the loss value against a float64 numpy oracle.
+
+def _record(monkeypatch, owner, attr):
+    """Replaces owner.attr by a recorder that calls through; returns the list of recorded calls
+    (arguments by parameter name)."""
+    import inspect
+    fn = getattr(owner, attr)
+    sig = inspect.signature(fn)
+    calls = []
+
+    def recorder(*args, **kwargs):
+        bound = sig.bind(*args, **kwargs)
+        bound.apply_defaults()
+        calls.append(dict(bound.arguments))
+        return fn(*args, **kwargs)
+    monkeypatch.setattr(owner, attr, recorder)
+    return calls
+
+
+def distinct_views(n=4, size=16):
+    """Two views with nothing in common (different draws, scales and offsets)."""
+    rng = np.random.default_rng(21)
+    v1 = rng.standard_normal((n, size, size, 3))
+    v2 = 3.0 * rng.standard_normal((n, size, size, 3)) + 1.0
+    return {"view1": tf.constant(v1, tf.float32), "view2": tf.constant(v2, tf.float32),
+            "label": tf.constant([2, 0, 3, 1][:n], tf.int32)}
+
+
+def np_log_vmf(z, mu, kappa):
+    """log vMF(z; mu, kappa) on S^{d-1} in float64, rows aligned."""
+    import scipy.special
+    d = z.shape[-1]
+    v = d / 2.0 - 1.0
+    log_c = v * np.log(kappa) - d / 2.0 * np.log(2 * np.pi) - (
+        np.log(scipy.special.ive(v, kappa)) + kappa)
+    return log_c + kappa * np.sum(z * mu, -1)
+
+
+def np_unit(x):
+    x = np.asarray(x, np.float64)
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def np_xent(logits, labels):
+    logits = np.asarray(logits, np.float64)
+    m = logits.max(1, keepdims=True)
+    lse = m[:, 0] + np.log(np.exp(logits - m).sum(1))
+    return np.mean(lse - logits[np.arange(len(labels)), labels])
+
+
+def make_wired(backward_view, probe_input="backbone"):
+    from common.ceb import settings as ceb_settings
+    heads = models.HeadsConfig(hidden_dim=16, out_dim=8, probe_input=probe_input)
+    return model.CBYOL(testing.tiny_resnet(), heads, models.TargetConfig(base_ema=0.9, total_steps=T),
+                       4, ceb_settings.CEBConfig(kappa_e=1024.0, kappa_b=10.0, beta=0.7),
+                       byol_loss_weight=0.6, backward_view=backward_view)
+
+
+class _Independent:
+    """The sub-networks of `m` run on one view in training mode, as the paper wires them."""
+
+    def __init__(self, m, view):
+        self.feats = m.encoder(view, training=True)
+        self.proj = m.projector(self.feats, training=True)
+        _, _, self.mu = m.predictor(self.proj, training=True, sample=False)
+        self.target = m.target_projector(m.target_encoder(view, training=True), training=True)
+        self.b_mean = m.backward_projector(tf.math.l2_normalize(self.target, -1), training=True)
+
+
+@pytest.mark.parametrize("backward_view", ["same", "other"])
+def test_each_network_output_reaches_its_own_input_of_the_loss(monkeypatch, backward_view):
+    m = make_wired(backward_view)
+    calls = _record(monkeypatch, model.losses, "byol_ceb_loss")
+    probe_calls = _record(monkeypatch, type(m), "probe_loss")
+    b = distinct_views()
+    seed = tf.constant([3, 4])
+    loss, metrics = m.loss(b, tf.constant(0, tf.int64), seed)
+    assert len(calls) == 1 and len(probe_calls) == 1
+    a = {k: (v.numpy().astype(np.float64) if isinstance(v, tf.Tensor) else v)
+         for k, v in calls[0].items()}
+    on = [_Independent(m, b["view1"]), _Independent(m, b["view2"])]
+    close = dict(rtol=1e-5, atol=1e-5)
+    for k, o in ((1, on[0]), (2, on[1])):
+        np.testing.assert_allclose(a[f"t{k}"], o.target.numpy(), **close, err_msg=f"t{k}")
+        np.testing.assert_allclose(a[f"mu{k}"], o.mu.numpy(), **close, err_msg=f"mu{k}")
+        np.testing.assert_allclose(a[f"b_mean{k}"], o.b_mean.numpy(), **close, err_msg=f"b{k}")
+        z, mu = a[f"z{k}"], a[f"mu{k}"]
+        # z_k is a draw from vMF(mu_k, 1024): unit, near mu_k (E z.mu = 1 - (d-1)/(2 kappa)) but
+        # not mu_k itself; p_k is the predictor's output layer on that draw.
+        np.testing.assert_allclose(np.linalg.norm(z, axis=1), 1.0, atol=1e-5)
+        assert np.all(np.sum(z * mu, 1) > 0.98) and np.abs(z - mu).max() > 1e-3, k
+        np.testing.assert_allclose(a[f"p{k}"], z @ m.predictor.linear_2.w.numpy(), **close)
+    # The two views' samples use different noise. A draw is z = H(mu) z0 with z0 ~ vMF(e1, kappa)
+    # and H the reflection taking e1 to mu (an involution), so z0 = H(mu) z must differ.
+    def noise(z, mu):
+        u = -mu.copy()
+        u[:, 0] += 1.0
+        u /= np.linalg.norm(u, axis=1, keepdims=True)
+        return z - 2.0 * np.sum(z * u, 1, keepdims=True) * u
+    assert np.abs(noise(a["z1"], a["mu1"]) - noise(a["z2"], a["mu2"])).max() > 1e-3
+    assert a["backward_view"] == backward_view
+    assert (a["kappa_e"], a["kappa_b"], a["byol_loss_weight"]) == (1024.0, 10.0, 0.6)
+    np.testing.assert_allclose(float(a["beta"]), 0.7, rtol=1e-7)
+    # The probe reads view 1's backbone features with view 1's labels.
+    np.testing.assert_allclose(probe_calls[0]["features"].numpy(), on[0].feats.numpy(), **close)
+    np.testing.assert_array_equal(probe_calls[0]["labels"].numpy(), b["label"].numpy())
+
+    # The loss value, from the independent outputs and the recorded draws, in float64.
+    t = [o.target.numpy() for o in on]
+    p = [a["p1"], a["p2"]]
+    z = [a["z1"], a["z2"]]
+    reg = sum(2 - 2 * np.sum(np_unit(p[k]) * np_unit(t[1 - k]), 1) for k in range(2))
+    b_dir = [np_unit(o.b_mean.numpy()) for o in on]
+    if backward_view == "other":
+        b_dir = b_dir[::-1]
+    residual = sum(np_log_vmf(z[k], np_unit(on[k].mu.numpy()), 1024.0)
+                   - np_log_vmf(z[k], b_dir[k], 10.0) for k in range(2))
+    logits = on[0].feats.numpy().astype(np.float64) @ m.probe.linear.w.numpy() + m.probe.linear.b.numpy()
+    probe = np_xent(logits, b["label"].numpy())
+    np.testing.assert_allclose(metrics["byol_loss"].numpy(), reg.mean(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(metrics["i_xzx_y"].numpy(), residual.mean(), rtol=1e-4, atol=2e-3)
+    np.testing.assert_allclose(loss.numpy(), 0.6 * reg.mean() + 0.7 * residual.mean() + probe,
+                               rtol=1e-4, atol=2e-3)
+    # The test can tell the wirings apart: the other pairing gives a clearly different residual.
+    swapped = sum(np_log_vmf(z[k], np_unit(on[k].mu.numpy()), 1024.0)
+                  - np_log_vmf(z[k], b_dir[1 - k], 10.0) for k in range(2))
+    assert abs(swapped.mean() - residual.mean()) > 0.1
+
+
+@pytest.mark.parametrize("probe_input", ["backbone", "projection"])
+def test_probe_reads_view_one_backbone_or_projection(monkeypatch, probe_input):
+    m = make_wired("same", probe_input)
+    probe_calls = _record(monkeypatch, type(m), "probe_loss")
+    b = distinct_views()
+    m.loss(b, tf.constant(0, tf.int64), tf.constant([1, 2]))
+    o = _Independent(m, b["view1"])
+    want = o.feats if probe_input == "backbone" else o.proj
+    np.testing.assert_allclose(probe_calls[0]["features"].numpy(), want.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_gradients_reach_the_online_networks_and_backward_projector_never_the_target():
+    m = make_wired("same")
+    b = distinct_views()
+    with tf.GradientTape(persistent=True) as tape:
+        loss, metrics = m.loss(b, tf.constant(0, tf.int64), tf.constant([5, 6]))
+    variables = list(m.trainable_variables)
+    grads = tape.gradient(loss, variables)
+    connected = {v.ref() for v, g in zip(variables, grads) if g is not None}
+    moved = {v.ref() for v, g in zip(variables, grads)
+             if g is not None and np.abs(g.numpy()).max() > 0}
+    assert connected == refs(m.optimized_variables())
+    assert not connected & refs(m.target_variables())
+    # Every head parameter moves (inside the ResNet, the zero-initialised last BN scale of each
+    # residual branch keeps that branch's earlier layers at zero gradient on the first step).
+    heads = [m.projector, m.predictor, m.backward_projector, m.probe]
+    assert refs([v for h in heads for v in h.trainable_variables]) <= moved
+
+    def reached(value, module):
+        gs = tape.gradient(value, module.trainable_variables)
+        return [g is not None and np.abs(g.numpy()).max() > 0 for g in gs]
+    # The probe reads stop-gradient features; b(z|y) learns only from the residual information.
+    assert list(tape.gradient(metrics["probe_loss"], m.encoder.trainable_variables)) == [None] * len(
+        m.encoder.trainable_variables)
+    assert not any(reached(metrics["byol_loss"], m.backward_projector))
+    assert all(reached(metrics["i_xzx_y"], m.backward_projector))
+    # The residual information reaches the online encoder through mu and the sample.
+    assert any(reached(metrics["i_xzx_y"], m.encoder))
+    del tape

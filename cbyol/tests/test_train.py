@@ -1,4 +1,6 @@
 """`python cbyol/train.py` as a user runs it: train, checkpoint, resume, evaluate; flag errors."""
+import json
+
 from common import testing
 
 
@@ -6,11 +8,26 @@ def test_train_checkpoint_resume_and_eval(tmp_path):
     testing.check_small_run("cbyol", tmp_path)
 
 
-def test_flags_that_would_silently_disable_compression_are_refused():
-    r = testing.run_train_py("cbyol", "--stochastic_projector=False", "--use_target_projector=False")
+def test_flags_that_would_silently_disable_compression_are_refused(tmp_path):
+    r = testing.run_train_py("cbyol", "--stochastic_projector=False", "--use_target_projector=False",
+                             "--use_projector=False", "--ceb_sampling=False",
+                             f"--model_dir={tmp_path / 'run'}")
     assert r.returncode == 2, r.stdout[-2000:]
-    assert "--stochastic_projector=False would remove a part of C-BYOL's CEB" in r.stdout
-    assert "--use_target_projector=False would remove" in r.stdout
+    for flag, why in (("stochastic_projector", "C-BYOL's forward encoder"),
+                      ("use_target_projector", "C-BYOL's backward encoder"),
+                      ("use_projector", "carries e(z|x)"),
+                      ("ceb_sampling", "always regresses a sample")):
+        assert f"--{flag}=False is not supported (" in r.stdout and why in r.stdout, flag
+    assert not (tmp_path / "run").exists()  # nothing written
+
+
+def test_flags_of_other_trainers_do_not_exist_here():
+    r = testing.run_train_py("cbyol", "--temperature=0.2")
+    assert r.returncode == 2, r.stdout[-2000:]
+    assert "Unknown command line flag 'temperature'" in r.stdout
+    r = testing.run_train_py("cbyol", "--pretrain_loss=byol")
+    assert r.returncode == 2 and "--pretrain_loss=byol is not supported (this trainer trains " \
+        "byol_ceb" in r.stdout, r.stdout[-2000:]
 
 
 def test_beta_zero_trains_only_when_asked_and_warns(tmp_path):
@@ -19,10 +36,12 @@ def test_beta_zero_trains_only_when_asked_and_warns(tmp_path):
                              f"--model_dir={tmp_path}")
     assert r.returncode == 0, r.stdout[-3000:]
     assert "no compression" in r.stdout
+    stored = json.loads((tmp_path / "config.json").read_text())
+    assert stored["config"]["algorithm"]["ceb"]["ceb_beta"] == 0.0
+    assert stored["config"]["algorithm"]["backward_view"] == "other"
 
 
 def test_final_linear_eval_prints_the_demo_table(tmp_path):
-    import json
     r = testing.run_train_py("cbyol", "--train_steps=1", "--train_batch_size=16",
                              "--train_split=train[:500]", "--eval_split=test[:200]",
                              "--eval_batch_size=100", "--final_linear_eval",

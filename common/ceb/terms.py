@@ -16,7 +16,7 @@ def vmf_log_prob_pairwise(z, mean_directions, kappa) -> tf.Tensor:
     """log vMF(z_i; mu_j, kappa) for every pair, z [B, d] x mean_directions [N, d] -> [B, N].
 
     Equation: kappa * z_i . mu_j + log C_d(kappa), the von Mises-Fisher log-density with one shared
-    concentration (the same as common.vmf.VonMisesFisher(mu[None], kappa).log_prob(z[:, None])).
+    concentration (the same as common.ceb.vmf.VonMisesFisher(mu[None], kappa).log_prob(z[:, None])).
     Written as a matrix product so the [B, N, d] tensor of the broadcast form is never built. The
     mean directions must be unit vectors.
     """
@@ -28,7 +28,7 @@ def vmf_log_prob_pairwise(z, mean_directions, kappa) -> tf.Tensor:
 def vmf_log_prob(z, mean_direction, kappa) -> tf.Tensor:
     """Row-wise log vMF(z_i; mu_i, kappa) = kappa * z_i . mu_i + log C_d(kappa), [B, d] x [B, d] -> [B].
 
-    The same as common.vmf.VonMisesFisher(mu, kappa).log_prob(z), but in z's dtype (vmf works in
+    The same as common.ceb.vmf.VonMisesFisher(mu, kappa).log_prob(z), but in z's dtype (vmf works in
     float32), so float64 callers keep float64 everywhere except the float32-rounded constant log C_d.
     """
     z = as_float(z, "z")
@@ -38,7 +38,7 @@ def vmf_log_prob(z, mean_direction, kappa) -> tf.Tensor:
 
 
 def vmf_log_normalizer(z, kappa) -> tf.Tensor:
-    """log C_d(kappa) (common.vmf.log_normalizer, float32-rounded) in z's dtype; d = z's static last dim."""
+    """log C_d(kappa) (common.ceb.vmf.log_normalizer, float32-rounded) in z's dtype; d = z's static last dim."""
     dim = z.shape[-1]
     if dim is None:
         raise ValueError(

@@ -108,8 +108,7 @@ class AugmentConfig:
         _check_pair("aspect_range", self.aspect_range, low=0.0, high=math.inf, open_low=True)
         if self.brightness_mode not in _BRIGHTNESS_MODES:
             raise ValueError(f"AugmentConfig.brightness_mode must be one of {_BRIGHTNESS_MODES}, "
-                             f"got {self.brightness_mode!r} (release names: 'simclrv1' = "
-                             "'additive', 'simclrv2' = 'multiplicative').")
+                             f"got {self.brightness_mode!r}.")
         for name in ("color_jitter_prob", "grayscale_prob"):
             _check_prob(name, getattr(self, name))
         for name in ("blur_prob", "solarize_prob"):

@@ -74,6 +74,11 @@ class DataConfig:
         image_size <= 32, else x 10 (the release's choice).
       seed: seed of the shuffle order and of every augmentation.
       num_parallel_calls: parallelism of the augmentation map.
+      train_indices: None (every example) or the examples of `train_split` the training pipelines
+        (`pretrain_dataset`, `linear_train_dataset`) use, as positions 0..N-1 in the split's file
+        order (`read_in_file_order`); e.g. a few-label subset from common.evaluation.subsets.
+        Stored as a sorted tuple of unique ints (a list or numpy array is converted); left out
+        of the repr.
     """
     dataset: str = FASHION_MNIST
     data_dir: str | None = None
@@ -84,6 +89,7 @@ class DataConfig:
     shuffle_buffer: int | None = None
     seed: int = 0
     num_parallel_calls: int = tf.data.AUTOTUNE
+    train_indices: tuple | None = dataclasses.field(default=None, repr=False)
 
     def __post_init__(self):
         if not isinstance(self.dataset, str) or not self.dataset:
@@ -97,6 +103,27 @@ class DataConfig:
                             f"got {self.shuffle_buffer!r}.")
         if not isinstance(self.seed, int):
             raise DataError(f"DataConfig.seed must be an int, got {self.seed!r}.")
+        if self.train_indices is not None:
+            object.__setattr__(self, "train_indices", _normalise_indices(self.train_indices))
+
+
+def _normalise_indices(indices) -> tuple:
+    """A sorted tuple of unique non-negative Python ints; DataError on anything else."""
+    arr = np.asarray(indices)
+    integral = arr.ndim == 1 and (np.issubdtype(arr.dtype, np.integer) or (
+        arr.dtype == object and all(isinstance(i, (int, np.integer)) and not isinstance(i, bool)
+                                    for i in arr)))
+    if arr.size == 0 or not integral:
+        raise DataError("DataConfig.train_indices must be None or a non-empty 1-D sequence of "
+                        f"example indices (ints), got {type(indices).__name__} of shape "
+                        f"{arr.shape} and dtype {arr.dtype}.")
+    arr = np.sort(arr.astype(np.int64))
+    if arr[0] < 0:
+        raise DataError(f"DataConfig.train_indices holds the negative index {int(arr[0])}.")
+    if np.any(arr[1:] == arr[:-1]):
+        dup = int(arr[1:][arr[1:] == arr[:-1]][0])
+        raise DataError(f"DataConfig.train_indices holds index {dup} more than once.")
+    return tuple(int(i) for i in arr)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -362,6 +389,14 @@ def _open_source(cfg: DataConfig):
     return _TfdsSource(cfg.dataset, cfg.data_dir)
 
 
+def is_prepared(cfg: DataConfig) -> bool:
+    """True when `cfg.dataset` can be read without downloading or preparing anything."""
+    if cfg.dataset == FASHION_MNIST and cfg.data_dir is None:
+        return all(os.path.exists(os.path.join(fashion_mnist_dir(), f))
+                   for files in _FASHION_MNIST_FILES.values() for f in files)
+    return _tfds_builder(cfg.dataset, cfg.data_dir).is_prepared()
+
+
 def dataset_info(cfg: DataConfig) -> DatasetInfo:
     """Name, number of classes, split sizes, image shape and source of `cfg.dataset`."""
     return _open_source(cfg).info
@@ -438,6 +473,102 @@ def _options() -> tf.data.Options:
     return options
 
 
+def _split_infos(source) -> Mapping:
+    if isinstance(source, _DebianSource):
+        return source._split_infos
+    return source.builder.info.splits
+
+
+def read_in_file_order(cfg: DataConfig, split: str | None = None, index: int = 0,
+                       count: int = 1) -> tf.data.Dataset:
+    """(image, label int32) of input pipeline `index` of `count`'s share of `split` (None:
+    cfg.train_split) in file order: the order that defines example indices (`train_indices`).
+
+    Debian Fashion-MNIST: the IDX files' order. TFDS: the split's shard files in order, each read
+    front to back (no file shuffling, interleave cycle length 1), i.e. the order of
+    `builder.as_dataset(split, shuffle_files=False,
+    read_config=tfds.ReadConfig(interleave_cycle_length=1))` and of its 'file_name' feature.
+    """
+    split = cfg.train_split if split is None else split
+    return _read_in_file_order(_open_source(cfg), split, index, count)
+
+
+def _read_in_file_order(source, split: str, index: int, count: int) -> tf.data.Dataset:
+    if isinstance(source, _DebianSource):
+        return source.read(split, index, count, shuffle_files=False, seed=0, cache=False)
+    read_config = tfds.ReadConfig(interleave_cycle_length=1, try_autocache=False)
+    ds = source.builder.as_dataset(split=source._split_arg(split, index, count),
+                                   shuffle_files=False, read_config=read_config,
+                                   as_supervised=source._as_supervised)
+    if not source._as_supervised:
+        ds = ds.map(lambda ex: (ex["image"], ex["label"]))
+    return ds.map(lambda image, label: (image, tf.cast(label, tf.int32)))
+
+
+def _split_positions(source, split: str, index: int, count: int) -> np.ndarray:
+    """int64 [n]: for each example of pipeline `index` of `count`'s share of `split`, in read
+    order, its index in the whole split (0..N-1 over the split's parts in file order).
+
+    Pipeline shares of a sum of splits ('train[:50%]+test') are not contiguous in the whole split
+    (each part is divided separately), hence this map rather than an offset.
+    """
+    infos = _split_infos(source)
+    name = getattr(source.info, "name", "?")
+
+    def pieces(i, n):
+        out = []
+        for instr in _resolve_split(split, i, n, infos, name):
+            size = int(infos[instr.splitname].num_examples)
+            out.append((instr.splitname, instr.from_ or 0, size if instr.to is None else instr.to))
+        return out
+
+    whole, offset, starts = pieces(0, 1), 0, []
+    for _, a, b in whole:
+        starts.append(offset)
+        offset += b - a
+    out = []
+    for part, a, b in pieces(index, count):
+        for (wpart, wa, wb), start in zip(whole, starts):
+            if wpart == part and wa <= a and b <= wb:
+                out.append(np.arange(start + a - wa, start + b - wa, dtype=np.int64))
+                break
+        else:
+            raise DataError(f"Cannot place examples {a}..{b} of {part!r} inside split {split!r}.")
+    return np.concatenate(out) if out else np.zeros([0], np.int64)
+
+
+def train_examples(cfg: DataConfig) -> int:
+    """Examples one epoch of the training pipelines visits: len(cfg.train_indices) when set,
+    else num_examples(cfg) (the whole train_split)."""
+    if cfg.train_indices is not None:
+        return len(cfg.train_indices)
+    return num_examples(cfg)
+
+
+def _subset_examples(cfg: DataConfig, source, layout: _Layout) -> tf.data.Dataset:
+    """(image, label) of the examples of cfg.train_indices in this pipeline's share, file order.
+
+    The whole share is read and filtered (every example is decoded once per pass unless
+    cfg.cache, which then keeps only the subset).
+    """
+    wanted = np.asarray(cfg.train_indices, np.int64)
+    total = source.num_examples(cfg.train_split, 0, 1)
+    if wanted[-1] >= total:
+        raise DataError(f"DataConfig.train_indices holds index {int(wanted[-1])} but split "
+                        f"{cfg.train_split!r} of {source.info.name} has {total} examples.")
+    positions = _split_positions(source, cfg.train_split, layout.pipeline_id, layout.num_pipelines)
+    keep = np.isin(positions, wanted)
+    if not keep.any():
+        raise DataError(f"Input pipeline {layout.pipeline_id} of {layout.num_pipelines} gets no "
+                        f"example of DataConfig.train_indices ({len(wanted)} indices of split "
+                        f"{cfg.train_split!r}); use a larger subset or fewer workers.")
+    keep = tf.constant(keep)
+    ds = _read_in_file_order(source, cfg.train_split, layout.pipeline_id, layout.num_pipelines)
+    ds = ds.enumerate().filter(lambda i, example: tf.gather(keep, i))
+    ds = ds.map(lambda i, example: example)
+    return ds.cache() if cfg.cache else ds
+
+
 def _training_stream(cfg: DataConfig, source, layout: _Layout,
                      start_step: int = 0) -> tf.data.Dataset:
     """(position int64, (image, label int32)) over the shuffled, repeated training split.
@@ -454,8 +585,11 @@ def _training_stream(cfg: DataConfig, source, layout: _Layout,
                         f"example of split {cfg.train_split!r} of {source.info.name}; use a larger "
                         "split or fewer workers.")
     shuffle_seed = cfg.seed * 1000003 + layout.pipeline_id
-    ds = source.read(cfg.train_split, layout.pipeline_id, layout.num_pipelines,
-                     shuffle_files=True, seed=shuffle_seed, cache=cfg.cache)
+    if cfg.train_indices is not None:  # a subset: read in file order, keep the listed examples
+        ds = _subset_examples(cfg, source, layout)
+    else:
+        ds = source.read(cfg.train_split, layout.pipeline_id, layout.num_pipelines,
+                         shuffle_files=True, seed=shuffle_seed, cache=cfg.cache)
     ds = ds.shuffle(_shuffle_buffer(cfg, layout.batch), seed=shuffle_seed,
                     reshuffle_each_iteration=True)
     ds = ds.repeat().enumerate()

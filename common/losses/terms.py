@@ -95,7 +95,7 @@ def symmetric_regression_loss(p1, p2, t1, t2) -> tf.Tensor:
 
     Equation: reg(p1, sg(t2)) + reg(p2, sg(t1)), where p_k is the online prediction of view k, t_k the
     target projection of view k and sg the stop-gradient. The two directions are summed, never
-    averaged (REFERENCE.md decision 8), so the value lies in [0, 8].
+    averaged (docs/DECISIONS.md 8), so the value lies in [0, 8].
     """
     return (regression_loss(p1, tf.stop_gradient(t2))
             + regression_loss(p2, tf.stop_gradient(t1)))

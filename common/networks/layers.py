@@ -9,7 +9,8 @@ optimizer's weight-decay / LARS exclusion filter relies on it):
 
 Variables use `tf.VariableAggregation.ONLY_FIRST_REPLICA`: the trainer all-reduces gradients
 itself and assigns in replica context, where every replica holds the same value (the BN
-statistics are synchronised, so the first replica's value is everyone's).
+statistics are synchronised, or replica-averaged without sync, so the first replica's value is
+everyone's).
 
 Initialisation. `fan_in_truncated_normal(correct_truncation)`:
   - False ('haiku', the default): w ~ TruncNormal(0, sd) cut at +-2 sd with sd = 1/sqrt(fan_in).
@@ -169,6 +170,8 @@ class BNConfig:
     epsilon: added to the variance (1e-5).
     semantics: 'keras' (release) or 'haiku' (DeepMind BYOL, zero-debiased EMA); see `BatchNorm`.
     sync: statistics over the global batch (all replicas) rather than the per-replica batch.
+      With sync=False each replica normalises with its own batch statistics and the moving
+      statistics are updated with the replica average of those (see `BatchNorm`).
     """
     momentum: float = 0.9
     epsilon: float = 1e-5
@@ -187,7 +190,8 @@ class BatchNorm(tf.Module):
       mean = sum(x)/n, var = max(sum(x^2)/n - mean^2, 0)   (biased, one-pass; sums all-reduced
                                                           when `sync`; computed in float32)
       y = (x - mean) * scale * rsqrt(var + eps) + offset
-    and the moving statistics are updated with the batch (mean, var):
+    and the moving statistics are updated with the batch (mean, var) (without `sync` on several
+    replicas: with the replica average of the per-replica (mean, var), the same on every replica):
       'keras': moving_mean/moving_variance, init 0/1,  moving = m*moving + (1-m)*batch.
                Keras 2's non-fused layer also stores the biased variance; its fused 4-D kernel
                would store the Bessel-corrected n/(n-1) variance instead (not reproduced here).
@@ -301,9 +305,22 @@ class BatchNorm(tf.Module):
         return mean, var
 
     def _update(self, mean: tf.Tensor, var: tf.Tensor) -> None:
+        """Moves the statistics towards this step's batch (mean, var).
+
+        Without `sync` on several replicas, every replica normalised with its own batch statistics;
+        the moving statistics are updated with their replica average, mean_r(mean_r) and
+        mean_r(var_r) (the mean of the per-replica biased variances, not the pooled variance), so
+        every replica keeps the same values. This is what tf.keras 2 (the release's Keras) stores:
+        its moving statistics are ON_READ variables with MEAN aggregation, each replica averaging
+        its own statistics, read as the replica mean, which the linearity of the EMA makes equal to
+        an EMA of the replica-averaged statistics.
+        """
         m = tf.constant(self.momentum, tf.float32)
         mean = tf.stop_gradient(mean)
         var = tf.stop_gradient(var)
+        ctx = tf.distribute.get_replica_context()
+        if not self.sync and ctx is not None and ctx.num_replicas_in_sync > 1:
+            mean, var = ctx.all_reduce(tf.distribute.ReduceOp.MEAN, (mean, var))
         if self.semantics == "keras":
             self._moving_mean.assign(m * self._moving_mean + (1.0 - m) * mean)
             self._moving_variance.assign(m * self._moving_variance + (1.0 - m) * var)

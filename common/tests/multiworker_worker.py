@@ -5,15 +5,13 @@ argv: worker index, output .npz path. TF_CONFIG comes from the environment.
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+import numpy as np
+import tensorflow as tf
 
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-from common.data import datasets as data_lib  # noqa: E402
-from common.training import distribute  # noqa: E402
-from common import testing  # noqa: E402
-from common.training import trainer as trainer_lib  # noqa: E402
+from common.data import datasets as data_lib
+from common.training import distribute
+from common import testing
+from common.training import trainer as trainer_lib
 
 
 def main():

@@ -345,7 +345,7 @@ def test_configs():
     (dict(area_range=(0.0, 1.0)), "area_range"),
     (dict(area_range=(0.5, 0.2)), "area_range"),
     (dict(aspect_range=(2.0, 1.0)), "aspect_range"),
-    (dict(brightness_mode="simclrv1"), "'simclrv1' = 'additive'"),
+    (dict(brightness_mode="simclrv1"), "brightness_mode must be one of"),
     (dict(blur_prob=0.5), "pair \\(view 0, view 1\\)"),
     (dict(solarize_prob=(0.0, 1.5)), "probability"),
     (dict(hue=0.6), "hue must be <= 0.5"),

@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 from common.networks import heads, layers
-from common.tests.test_layers import np_batch_stats, np_bn
+from common.tests.test_layers import check_init_moments, np_batch_stats, np_bn
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 GOLDEN = ROOT / "tools" / "golden"
@@ -131,3 +131,19 @@ def test_release_heads_match_original_checkpoint_features():
     layers.assign_from_checkpoint(probe.release_checkpoint_map(), ckpt)
     np.testing.assert_allclose(probe(tf.constant(f["online_head_out"])).numpy(), f["supervised_logits"],
                                rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["haiku", "keras", "normal"])
+def test_mlp_and_probe_kernels_follow_the_chosen_initializer(name):
+    tf.random.set_seed(8)
+    mlp = heads.MLP(256, 384, 128, num_layers=3, use_hidden_bias=True, kernel_init=name)
+    for linear in mlp.linears:
+        check_init_moments(linear.w.numpy(), name, linear.in_features)
+        if linear.b is not None:
+            np.testing.assert_array_equal(linear.b.numpy(), 0.0)
+    probe = heads.LinearHead(384, 100, kernel_init=name)
+    check_init_moments(probe.linear.w.numpy(), name, 384)
+    np.testing.assert_array_equal(probe.linear.b.numpy(), 0.0)
+    # zero_init wins over kernel_init (the release's zero_init_logits_layer).
+    np.testing.assert_array_equal(
+        heads.LinearHead(384, 10, zero_init=True, kernel_init=name).linear.w.numpy(), 0.0)

@@ -360,3 +360,87 @@ def test_bn_inference_matches_numpy_fused_and_plain(shape, scale, center):
     y16 = bn(tf.constant(x, tf.bfloat16), training=False)
     assert y16.dtype == tf.bfloat16
     np.testing.assert_allclose(tf.cast(y16, tf.float32).numpy(), want, rtol=3e-2, atol=3e-2)
+
+
+@pytest.mark.parametrize("semantics", ["keras", "haiku"])
+def test_unsynced_bn_on_two_replicas_normalises_locally_and_averages_the_statistics(semantics):
+    """sync=False on two replicas: each replica normalises with its own batch statistics; the
+    moving statistics follow the replica average of the per-replica (mean, biased variance), the
+    same on both replicas (tf.keras 2's ON_READ/MEAN moving statistics, read as the replica mean)."""
+    strategy = testing.two_replica_strategy()
+    rng = np.random.default_rng(11)
+    c, m = 3, 0.8
+    scale = rng.uniform(0.5, 1.5, c).astype(np.float32)
+    offset = rng.uniform(-0.5, 0.5, c).astype(np.float32)
+    with strategy.scope():
+        bn = layers.BatchNorm(c, momentum=m, semantics=semantics, sync=False)
+        bn.scale.assign(scale)
+        bn.offset.assign(offset)
+
+    @tf.function
+    def step(xs):
+        return strategy.run(lambda xr: bn(xr, training=True), args=(xs,))
+
+    ema = (NpKerasEMA if semantics == "keras" else NpHaikuEMA)(c, m)
+    for k in range(2):
+        x = rng.standard_normal((8, 2, 2, c)).astype(np.float32)
+        x[4:] = x[4:] * 3 + 2  # replica 1's half: very different statistics
+        halves = [x[:4], x[4:]]
+        xs = strategy.experimental_distribute_values_from_function(
+            lambda ctx, h=halves: tf.constant(h[ctx.replica_id_in_sync_group]))
+        ys = strategy.experimental_local_results(step(xs))
+        stats = [np_batch_stats(h) for h in halves]
+        for y, h, (mean, var) in zip(ys, halves, stats):
+            np.testing.assert_allclose(y.numpy(), np_bn(h.astype(np.float64), mean, var, scale, offset),
+                                       atol=2e-5)
+        ema.update((stats[0][0] + stats[1][0]) / 2, (stats[0][1] + stats[1][1]) / 2)
+        for var, want in ((bn.moving_mean, ema.mean), (bn.moving_variance, ema.var)):
+            for local in strategy.experimental_local_results(var):
+                np.testing.assert_allclose(local.numpy(), want, rtol=1e-5, atol=1e-6)
+    # The mean of per-replica variances is not the pooled variance, nor replica 0's.
+    pooled = np_batch_stats(x)[1]
+    assert np.abs(pooled - (stats[0][1] + stats[1][1]) / 2).min() > 0.5
+    assert np.abs(stats[0][1] - stats[1][1]).min() > 1.0
+
+
+# ------------------------------------------------------------------ kernel initialiser moments
+
+def check_init_moments(w, name, fan_in):
+    """Sample moments of kernel `w` against the initializer `name`'s stated distribution.
+
+    'haiku': TruncNormal(0, s) cut at +-2s, s = 1/sqrt(fan_in), realised std s * truncnorm(-2,2).std();
+    'keras': the same with s = 1/sqrt(fan_in)/truncnorm(-2,2).std(), realised std 1/sqrt(fan_in);
+    'normal': N(0, 0.01^2), no truncation (about 4.55% of draws beyond 2 sd).
+    Tolerances are 5 standard errors for n = w.size draws: the mean's SE is std/sqrt(n), the
+    sample std's relative SE is at most sqrt(1/(2n)) (the normal's; the truncated normal has lighter
+    tails), a tail fraction's SE is sqrt(p(1-p)/n).
+    """
+    from scipy import stats
+    w = np.asarray(w, np.float64).ravel()
+    n = w.size
+    trunc_std = stats.truncnorm(-2, 2).std()
+    if name == "haiku":
+        s, realised = 1 / math.sqrt(fan_in), trunc_std / math.sqrt(fan_in)
+    elif name == "keras":
+        s, realised = 1 / math.sqrt(fan_in) / trunc_std, 1 / math.sqrt(fan_in)
+    else:
+        s = realised = 0.01
+    assert abs(w.mean()) < 5 * realised / math.sqrt(n), (name, w.mean())
+    assert abs(w.std() / realised - 1) < 5 * math.sqrt(1 / (2 * n)), (name, w.std(), realised)
+    tail = np.mean(np.abs(w) > 2 * s)
+    if name == "normal":
+        p = 2 * stats.norm.sf(2)
+        assert abs(tail - p) < 5 * math.sqrt(p * (1 - p) / n), (name, tail)
+    else:
+        assert tail == 0.0 and np.abs(w).max() <= 2 * s * (1 + 1e-6), (name, np.abs(w).max(), s)
+
+
+@pytest.mark.parametrize("name", ["haiku", "keras", "normal"])
+def test_dense_initializers_match_their_distributions(name):
+    tf.random.set_seed(5)
+    dense = layers.Dense(300, 200, kernel_init=layers.initializer(name))
+    check_init_moments(dense.w.numpy(), name, 300)
+    # The three differ by far more than the tolerances: the check tells them apart.
+    for other in {"haiku", "keras", "normal"} - {name}:
+        with pytest.raises(AssertionError):
+            check_init_moments(dense.w.numpy(), other, 300)

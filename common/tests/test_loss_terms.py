@@ -1,4 +1,4 @@
-"""common.losses against float64 numpy/scipy re-derivations and hand-worked values."""
+"""common.losses.terms and common.ceb.terms against float64 numpy/scipy re-derivations and hand-worked values."""
 import numpy as np
 import pytest
 import scipy.special
@@ -18,7 +18,7 @@ def np_log_c(dim, kappa):
 
 
 def log_c_atol(dim, kappa):
-    """common.vmf returns log C_d rounded to float32: allow a few float32 ulps of it."""
+    """common.ceb.vmf returns log C_d rounded to float32: allow a few float32 ulps of it."""
     return 2.5e-7 * max(1.0, abs(np_log_c(dim, kappa)))
 
 

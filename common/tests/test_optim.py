@@ -1,4 +1,4 @@
-"""common.optim against DeepMind's LARS (golden group c), the reference's parameter mask and
+"""common.training.optim against DeepMind's LARS (golden group c), the reference's parameter mask and
 float64 numpy re-derivations of the release LARS, SGD momentum and Adam."""
 import os
 
@@ -60,11 +60,13 @@ def test_exclude_bias_and_norm_matches_reference_resnet50_tree():
 
 
 def test_release_patterns():
+    # Batch norm and biases only: the optimizer knows no module names (the probe is handed over
+    # as variables, target networks are never given to it).
     excluded = ["resnet/block_0/batchnorm_1/scale:0", "resnet/initial_batchnorm/offset:0",
-                "projector/linear/b:0", "probe/w:0", "probe/b:0", "head/bias:0",
-                "target_encoder/conv/w:0"]
+                "projector/linear/b:0", "probe/b:0", "head/bias:0"]
     included = ["resnet/block_0/conv_1/w:0", "projector/linear/w:0", "predictor/linear_1/w:0",
-                "resnet/initial_conv/w:0"]
+                "resnet/initial_conv/w:0", "probe/w:0", "target_encoder/conv/w:0",
+                "online_ema/w:0"]
     spec = optim._excluder(optim.RELEASE_EXCLUDE_PATTERNS, "test")
     for name in excluded:
         assert spec(name), name
@@ -114,14 +116,17 @@ def test_build_optimizer_lars_matches_golden_eagerly(golden):
 # ---------------------------------------------------------------------------------------------
 # float64 re-derivations
 # ---------------------------------------------------------------------------------------------
-def numpy_lars(params, grads_seq, lrs, mask, wd, eta, m, form):
+def numpy_lars(params, grads_seq, lrs, mask, wd, eta, m, form, adapt_mask=None):
+    """LARS in float64; `mask` says who gets weight decay, `adapt_mask` (default: mask) who gets
+    the trust ratio."""
+    adapt_mask = mask if adapt_mask is None else adapt_mask
     p = [x.astype(np.float64) for x in params]
     buf = [np.zeros_like(x) for x in p]
     for grads, lr in zip(grads_seq, lrs):
         for i, g in enumerate(grads):
             g = g.astype(np.float64) + (wd * p[i] if mask[i] else 0.0)
             pn, gn = np.linalg.norm(p[i]), np.linalg.norm(g)
-            tr = eta * pn / gn if (mask[i] and pn > 0 and gn > 0) else 1.0
+            tr = eta * pn / gn if (adapt_mask[i] and pn > 0 and gn > 0) else 1.0
             if form == "deepmind":
                 buf[i] = m * buf[i] + tr * g
                 p[i] = p[i] - lr * buf[i]
@@ -167,7 +172,7 @@ def test_build_optimizer_release_uses_release_patterns():
     names = ["resnet/conv/w", "probe/w", "probe/b", "resnet/batchnorm/scale", "projector/linear/w"]
     opt = optim.build_optimizer("lars", [tf.Variable(p, name=n) for p, n in zip(params, names)],
                                 optim.OptimConfig(lars_form="release"))
-    assert opt.decay_mask == opt.adapt_mask == [True, False, False, False, True]
+    assert opt.decay_mask == opt.adapt_mask == [True, True, False, False, True]
 
 
 @pytest.mark.parametrize("nesterov", [False, True])
@@ -296,20 +301,59 @@ def _named(path, value):
         return _named("/".join(scopes[1:] + [leaf]), value)
 
 
-def test_exclude_probe_takes_the_probe_out_of_decay_and_trust_ratio():
-    names = ["encoder/conv_0/w", "probe/linear/w", "probe/linear/b", "projector/batchnorm_0/scale"]
-    grad = np.full((2, 2), 0.5, np.float32)
-    for exclude_probe, adapted in ((False, {0, 1}), (True, {0})):
-        vs = [_named(n, np.full((2, 2), i + 1.0, np.float32)) for i, n in enumerate(names)]
-        assert [v.name for v in vs] == [n + ":0" for n in names]
-        cfg = optim.OptimConfig(weight_decay=0.1, eta=0.01, momentum=0.9,
-                                exclude_probe=exclude_probe)
-        opt = optim.build_optimizer("lars", vs, cfg)
-        before = [v.numpy().astype(np.float64) for v in vs]
-        opt.apply_gradients([tf.constant(grad)] * len(vs), 1.0)
-        for i, (v, p) in enumerate(zip(vs, before)):
-            g = grad.astype(np.float64)
-            if i in adapted:  # DeepMind's LARS: decay, then trust ratio eta*||p||/||g||
-                g = g + 0.1 * p
-                g = g * 0.01 * np.linalg.norm(p) / np.linalg.norm(g)
-            np.testing.assert_allclose(p - v.numpy(), g, rtol=1e-5)
+@pytest.mark.parametrize("form", ["deepmind", "release"])
+def test_probe_excluded_from_adaptation_against_float64(form):
+    """The probe as the release's supervised head, two LARS steps: its kernel gets plain momentum
+    on g + wd W (the gradient of the release's wd/2 ||W||^2 term) with no trust ratio, its bias
+    plain momentum on g (no decay, no trust ratio); every other variable as usual."""
+    rng = np.random.default_rng(5)
+    names = ["encoder/conv_0/w", "probe/linear/w", "probe/linear/b", "projector/batchnorm_0/scale",
+             "projector/linear_0/w"]
+    shapes = [(3, 3, 2, 4), (6, 3), (3,), (4,), (4, 5)]
+    params = [rng.standard_normal(sh).astype(np.float32) for sh in shapes]
+    grads = [[rng.standard_normal(sh).astype(np.float32) for sh in shapes] for _ in range(2)]
+    lrs = [0.4, 0.2]
+    wd, eta, m = 0.1, 0.02, 0.9
+    vs = [_named(n, p) for n, p in zip(names, params)]
+    opt = optim.build_optimizer(
+        "lars", vs, optim.OptimConfig(weight_decay=wd, eta=eta, momentum=m, lars_form=form),
+        excluded_from_adaptation=[vs[1], vs[2]])
+    assert opt.decay_mask == [True, True, False, False, True]
+    assert opt.adapt_mask == [True, False, False, False, True]
+    for g, lr in zip(grads, lrs):
+        opt.apply_gradients(g, lr)
+    # Hand-written oracle for the probe: p1 = p0 - lr0 (g0 + wd p0) ... with v = m v + step.
+    kernel, bias = params[1].astype(np.float64), params[2].astype(np.float64)
+    vk = np.zeros_like(kernel)
+    vb = np.zeros_like(bias)
+    for g, lr in zip(grads, lrs):
+        gk = g[1].astype(np.float64) + wd * kernel
+        gb = g[2].astype(np.float64)
+        if form == "deepmind":
+            vk, vb = m * vk + gk, m * vb + gb
+            kernel, bias = kernel - lr * vk, bias - lr * vb
+        else:
+            vk, vb = m * vk + lr * gk, m * vb + lr * gb
+            kernel, bias = kernel - vk, bias - vb
+    np.testing.assert_allclose(vs[1].numpy(), kernel, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(vs[2].numpy(), bias, rtol=1e-6, atol=1e-6)
+    want_p, want_buf = numpy_lars(params, grads, lrs, [True, True, False, False, True], wd, eta, m,
+                                  form, adapt_mask=[True, False, False, False, True])
+    for j in range(len(names)):
+        np.testing.assert_allclose(vs[j].numpy(), want_p[j], rtol=1e-5, atol=1e-6, err_msg=names[j])
+        np.testing.assert_allclose(opt.momentum[j].numpy(), want_buf[j], rtol=1e-5, atol=1e-6)
+    # With the trust ratio the kernel would have moved by a different amount.
+    adapted, _ = numpy_lars(params, grads, lrs, [True, True, False, False, True], wd, eta, m, form)
+    assert np.abs(adapted[1] - kernel).max() > 1e-2
+
+
+def test_excluded_from_adaptation_must_be_optimized_variables():
+    vs = [tf.Variable(np.ones((2, 2), np.float32), name="a/w")]
+    stranger = tf.Variable(np.ones((2, 2), np.float32), name="probe/w")
+    for name in ("lars", "sgd", "adam"):
+        with pytest.raises(ValueError, match="not among"):
+            optim.build_optimizer(name, vs, optim.OptimConfig(), excluded_from_adaptation=[stranger])
+    # The config flag alone changes nothing in the optimizer: the probe comes as variables.
+    probe = _named("probe/linear/w", np.ones((2, 2), np.float32))
+    opt = optim.build_optimizer("lars", [probe], optim.OptimConfig(exclude_probe=True))
+    assert opt.decay_mask == opt.adapt_mask == [True]

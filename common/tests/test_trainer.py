@@ -132,3 +132,31 @@ def test_write_json_is_atomic_and_readable(tmp_path):
     import json
     assert json.loads(path.read_text()) == {"a": 2}
     assert [p.name for p in path.parent.iterdir()] == ["result.json"]
+
+
+@pytest.mark.parametrize("exclude_probe,form,probe_adapted", [
+    (False, "deepmind", True), (True, "deepmind", False), (False, "release", False),
+    (True, "release", False)])
+def test_probe_is_handed_to_the_optimizer_as_the_release_head(tmp_path, exclude_probe, form,
+                                                              probe_adapted):
+    """exclude_probe (and always the release's LARS form) keeps the trust ratio off the probe,
+    while its kernel keeps weight decay; nothing else changes."""
+    import dataclasses
+    cfg = testing.tiny_train_config(str(tmp_path))
+    cfg = dataclasses.replace(cfg, optim=dataclasses.replace(
+        cfg.optim, exclude_probe=exclude_probe, lars_form=form))
+    tr = trainer_lib.Pretrainer(testing.ToyContrastive, cfg, data_lib.DataConfig(image_size=IMAGE),
+                                None, tf.distribute.get_strategy(),
+                                dataset_fn=testing.synthetic_dataset_fn(8), num_classes=4,
+                                print_fn=lambda *a, **k: None)
+    opt = tr.optimizer
+    probe = {v.ref(): v for v in tr.method.probe.trainable_variables}
+    assert len(probe) == 2
+    for var, decay, adapt in zip(opt.variables_to_update, opt.decay_mask, opt.adapt_mask):
+        leaf = var.name.split("/")[-1].split(":")[0]
+        bias_or_norm = leaf in ("b", "scale", "offset")
+        assert decay == (not bias_or_norm), var.name
+        if var.ref() in probe:
+            assert adapt == (probe_adapted and leaf == "w"), var.name
+        else:
+            assert adapt == (not bias_or_norm), var.name

@@ -1,4 +1,4 @@
-"""common.vmf against scipy, independent float64 numpy oracles and exact sampling statistics."""
+"""common.ceb.vmf against scipy, independent float64 numpy oracles and exact sampling statistics."""
 
 import numpy as np
 import pytest

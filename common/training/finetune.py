@@ -1,6 +1,6 @@
 """Supervised fine-tuning (and linear evaluation) of a pretrained encoder: `--train_mode=finetune`.
 
-The release's fine-tune mode crashes (ORIGINAL_CODE.md section 7.4); this one works for every
+The release's fine-tune mode crashes (docs/DECISIONS.md 5); this one works for every
 algorithm, because every method keeps its online backbone at the same checkpoint path
 (`model/encoder`), which is all fine-tuning reads.
 """

@@ -1,7 +1,7 @@
 """The small object an algorithm hands the generic trainer.
 
 A `Method` owns every variable of one algorithm (online and target networks, heads, the online
-linear probe) and knows its loss. The trainer in `common.trainer` knows nothing of SimCLR or BYOL:
+linear probe) and knows its loss. The trainer in `common.training.trainer` knows nothing of SimCLR or BYOL:
 it draws batches, asks the method for `(loss, metrics)`, applies the optimizer to
 `optimized_variables()`, then calls `after_update` (where BYOL updates its EMA target).
 """
@@ -16,7 +16,7 @@ class Method(tf.Module):
     """Base class of the four algorithms (and of supervised fine-tuning).
 
     Subclasses set `self.encoder` (a `common.resnet.ResNet`), `self.probe` (a
-    `common.heads.LinearHead` over the probe input) and implement `pretrain_loss`.
+    `common.networks.heads.LinearHead` over the probe input) and implement `loss`.
     """
 
     encoder: tf.Module

@@ -16,6 +16,7 @@ import dataclasses
 import tensorflow as tf
 
 from common.training import ema as ema_lib
+from common.cli.settings import setting
 from common.networks import heads as heads_lib
 from common.training import method as method_lib
 from common.networks import resnet as resnet_lib
@@ -28,9 +29,10 @@ class HeadsConfig:
 
     use_hidden_bias: a bias on the hidden Linear before its BN (DeepMind's MLP has one; the release
     has none, since BN's offset makes it redundant). probe_input: what the online probe reads,
-    "backbone" or "projection" (the release's online probe, decision 4). output_bn: a scale-only
+    "backbone" or "projection" (the release's online probe, docs/DECISIONS.md 4). output_bn: a scale-only
     BN on the projection output (the release's proj_head_output_bn; not on predictors).
-    kernel_init: the heads' Dense init ('haiku' fan-in truncated normal, or 'simclr').
+    kernel_init: the heads' and the probe's Dense init (common.networks.layers.initializer:
+    'haiku', 'keras' or 'normal'; docs/DECISIONS.md 9).
     """
     hidden_dim: int = 4096
     out_dim: int = 256
@@ -61,7 +63,8 @@ class SharedEncoderMethod(method_lib.Method):
                                        kernel_init=heads_cfg.kernel_init, name="projector")
         probe_dim = (self.encoder.feature_dim if heads_cfg.probe_input == "backbone"
                      else heads_cfg.out_dim)
-        self.probe = heads_lib.LinearHead(probe_dim, num_classes, name="probe")
+        self.probe = heads_lib.LinearHead(probe_dim, num_classes, name="probe",
+                                          kernel_init=heads_cfg.kernel_init)
 
     def optimized_variables(self):
         return list(self.encoder.trainable_variables) + list(
@@ -90,34 +93,32 @@ class SharedEncoderMethod(method_lib.Method):
 
 
 @dataclasses.dataclass(frozen=True)
-class CEBConfig:
-    """The CEB terms of C-SimCLR and C-BYOL: e(z|x) = vMF(., kappa_e), b(z|y) = vMF(., kappa_b),
-    and beta(step) from `beta_schedule` (constant, linear_warmup over warmup_steps, cosine over
-    total_steps) weighting the residual information log e(z|x) - log b(z|y)."""
-    kappa_e: float = 1024.0
-    kappa_b: float = 10.0
-    beta: float = 1.0
-    beta_schedule: str = "constant"
-    warmup_steps: int = 0
-    total_steps: int = 1
-
-    def __post_init__(self):
-        if self.kappa_e <= 0 or self.kappa_b <= 0:
-            raise ValueError(f"kappa_e and kappa_b must be positive, got {self.kappa_e}, "
-                             f"{self.kappa_b}")
-        if self.beta < 0:
-            raise ValueError(f"beta must be >= 0, got {self.beta}")
-
-    def beta_at(self, step) -> tf.Tensor:
-        return schedules.beta_schedule(step, self.beta, self.beta_schedule, self.warmup_steps,
-                                       self.total_steps)
-
-
-@dataclasses.dataclass(frozen=True)
 class TargetConfig:
     """The EMA target: tau(k) = 1 - (1 - base_ema) * (cos(pi k / T) + 1) / 2, T = total_steps."""
     base_ema: float = 0.99
     total_steps: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class TargetSettings:
+    """The command line's EMA-target block, composed by every algorithm with an online/target pair.
+
+    `config(total_steps)` gives the TargetConfig the model takes."""
+    ema_alpha: float = setting(0.999, "Base target-network EMA rate tau_0 (cosine-ramped to 1 over "
+                               "the run).")
+    use_momentum_encoder: bool = setting(
+        True, "EMA target ResNet (release flag).", allowed=(True,),
+        why="the target is always an EMA copy of the online network")
+    use_momentum_proj_head: bool = setting(
+        True, "EMA target projection head (release flag).", allowed=(True,),
+        why="the target projector is always an EMA copy of the online projector")
+
+    def errors(self) -> list[str]:
+        return [] if 0.0 <= self.ema_alpha <= 1.0 else [
+            f"--ema_alpha={self.ema_alpha}: pass a rate in [0, 1]."]
+
+    def config(self, total_steps: int) -> TargetConfig:
+        return TargetConfig(base_ema=self.ema_alpha, total_steps=total_steps)
 
 
 class OnlineTargetMethod(method_lib.Method):
@@ -142,7 +143,8 @@ class OnlineTargetMethod(method_lib.Method):
                                           "target_projector", output_bn=heads_cfg.output_bn)
         probe_dim = (self.encoder.feature_dim if heads_cfg.probe_input == "backbone"
                      else heads_cfg.out_dim)
-        self.probe = heads_lib.LinearHead(probe_dim, num_classes, name="probe")
+        self.probe = heads_lib.LinearHead(probe_dim, num_classes, name="probe",
+                                          kernel_init=heads_cfg.kernel_init)
 
     def _mlp(self, in_dim, bn, name, output_bn=False):
         """A projection-shaped MLP in_dim -> hidden -> out (projector, predictor, b's mean)."""

@@ -8,7 +8,7 @@ that list and already summed (or averaged) across replicas; it can be called in 
 (inside `strategy.run`), where every replica applies the same update to its own copy, or with no
 strategy at all.
 
-LARS (You et al. 2017), as DeepMind's BYOL applies it (REFERENCE.md decision 6), for a parameter p
+LARS (You et al. 2017), as DeepMind's BYOL applies it (docs/DECISIONS.md 6), for a parameter p
 with gradient g, momentum buffer mu, weight decay wd, trust coefficient eta and momentum m:
     g1 = g + wd p                     (weight decay, unless p is excluded)
     tr = eta ||p|| / ||g1||            (1 if either norm is 0; whole-tensor norms, no epsilon)
@@ -16,12 +16,18 @@ with gradient g, momentum buffer mu, weight decay wd, trust coefficient eta and 
     mu = m mu + g2;  p = p - lr mu
 The release's form keeps lr inside the buffer: v = m v + lr tr g1; p = p - v. The two agree while lr
 is constant and differ when it changes between steps.
+
+Which variables are excluded is decided by name rules for biases and batch norm only; any other
+special treatment comes as an explicit list of variables (`excluded_from_adaptation`), e.g. the
+trainer's online linear probe treated as the release's supervised head: the release kept its head
+out of LARS and added wd/2 ||W||^2 on the head's kernel to the loss, so the kernel gets g + wd W
+with no trust ratio and the bias neither (exactly `excluded_from_adaptation` plus the bias rule).
 """
 from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Callable, Sequence, Union
+from typing import Callable, Iterable, Sequence, Union
 
 import tensorflow as tf
 
@@ -29,13 +35,12 @@ ExclusionSpec = Union[Callable[[str], bool], Sequence[str], None]
 
 _NORM_PARAMS = ("offset", "scale", "beta", "gamma")
 
-# The release excluded 'batch_normalization', 'bias', the supervised head and the EMA copies, by
-# re.search on variable names. The same roles under this project's names: BN modules are named
-# '...batchnorm...' (leaves scale/offset), dense biases are the leaf 'b', the online linear probe is
-# the module 'probe', and target (EMA) networks live under 'target...' modules.
+# The release excluded 'batch_normalization' and 'bias' variables by re.search on their names (and
+# its supervised head, which the trainer hands over as variables, `excluded_from_adaptation`; EMA
+# copies are never given to the optimizer). The same roles under this project's names: BN modules
+# are named '...batchnorm...' (leaves scale/offset) and dense biases are the leaf 'b'.
 RELEASE_EXCLUDE_PATTERNS = (
-    "batchnorm", "batch_norm", "batch_normalization", "bias", r"(^|/)b(:\d+)?$", "probe",
-    r"(^|/)target", r"_ema(/|:|$)")
+    "batchnorm", "batch_norm", "batch_normalization", "bias", r"(^|/)b(:\d+)?$")
 
 
 def _leaf_path(name: str) -> list[str]:
@@ -125,6 +130,20 @@ class _Optimizer(tf.Module):
         excluded = _excluder(spec, what)
         return [not excluded(n) for n in self._names]
 
+    def _refs_among(self, variables: Iterable[tf.Variable], what: str) -> set:
+        """The refs of `variables`, each of which must be one of the optimizer's variables."""
+        refs = set()
+        own = set(self._refs)
+        for v in variables:
+            if not isinstance(v, tf.Variable):
+                raise TypeError(f"{self.name}: {what} must hold tf.Variable objects, got "
+                                f"{type(v).__name__}.")
+            if v.ref() not in own:
+                raise ValueError(f"{self.name}: {what} lists {v.name}, which is not among the "
+                                 "variables this optimizer updates.")
+            refs.add(v.ref())
+        return refs
+
     def _check_gradients(self, grads) -> list[tf.Tensor]:
         grads = list(grads)
         if len(grads) != len(self._refs):
@@ -203,6 +222,8 @@ class LARS(_Optimizer):
         release's behaviour.
       include_mask: optional per-variable booleans (True = weight decay and adaptation applied) that
         override both name rules.
+      excluded_from_adaptation: variables (a subset of `variables`) that never get the trust
+        ratio, whatever the rules and mask say; their weight decay still follows the rules.
     """
 
     _SLOTS = ("momentum",)
@@ -212,7 +233,8 @@ class LARS(_Optimizer):
                  eta: float = 1e-3, form: str = "deepmind",
                  exclude_from_weight_decay: ExclusionSpec = exclude_bias_and_norm,
                  exclude_from_adaptation: ExclusionSpec = exclude_bias_and_norm,
-                 include_mask: Sequence[bool] | None = None, name: str = "lars"):
+                 include_mask: Sequence[bool] | None = None,
+                 excluded_from_adaptation: Iterable[tf.Variable] = (), name: str = "lars"):
         if form not in self.FORMS:
             raise ValueError(f"Unknown LARS form {form!r}; choose one of {self.FORMS}.")
         super().__init__(variables, name)
@@ -223,6 +245,8 @@ class LARS(_Optimizer):
         self.decay_mask = self._mask(exclude_from_weight_decay, include_mask,
                                      "exclude_from_weight_decay")
         self.adapt_mask = self._mask(exclude_from_adaptation, include_mask, "exclude_from_adaptation")
+        excluded = self._refs_among(excluded_from_adaptation, "excluded_from_adaptation")
+        self.adapt_mask = [a and r not in excluded for a, r in zip(self.adapt_mask, self._refs)]
 
     def _update_variable(self, var, grad, lr, extra, index, buf):
         del extra
@@ -326,9 +350,12 @@ class OptimConfig:
       momentum, weight_decay, eta, lars_form: LARS (momentum and weight decay also for SGD;
         weight_decay is Adam's decoupled decay).
       nesterov: SGD only. adam_beta1, adam_beta2, adam_epsilon: Adam only.
-      exclude_probe: also exclude the online linear probe ('probe/...' variables) from weight
-        decay and the trust ratio, so it learns at the full learning rate as the release's
-        supervised head does. DeepMind's reference adapts its classifier like any kernel (False).
+      exclude_probe: treat the online linear probe as the release's supervised head: no LARS
+        trust ratio on its variables, weight decay wd W on its kernel (as the release's
+        wd/2 ||W||^2 loss term) and none on its bias. The trainer implements it by passing the
+        probe's variables to `build_optimizer(excluded_from_adaptation=...)`, and does so also for
+        lars_form='release'. DeepMind's reference applies LARS to its classifier like any
+        other kernel (False).
     """
     name: str = "lars"
     momentum: float = 0.9
@@ -348,29 +375,36 @@ _FORM_DEFAULT = object()
 
 def build_optimizer(name: str, variables, cfg: OptimConfig = OptimConfig(), *,
                     exclude_from_weight_decay=_FORM_DEFAULT, exclude_from_adaptation=_FORM_DEFAULT,
-                    include_mask: Sequence[bool] | None = None) -> _Optimizer:
+                    include_mask: Sequence[bool] | None = None,
+                    excluded_from_adaptation: Iterable[tf.Variable] = ()) -> _Optimizer:
     """The optimizer `name` (one of OPTIMIZERS, usually cfg.name) over `variables`, set from `cfg`.
 
-    Exclusions not given explicitly follow the form: RELEASE_EXCLUDE_PATTERNS for
-    lars_form='release', `exclude_bias_and_norm` otherwise. Call inside the variables' strategy scope.
+    Exclusion rules not given explicitly follow the form: RELEASE_EXCLUDE_PATTERNS (batch norm and
+    biases) for lars_form='release', `exclude_bias_and_norm` otherwise. `excluded_from_adaptation`
+    lists variables (a subset of `variables`) that LARS must not scale by the trust ratio while
+    their weight decay follows the rules; the trainer passes the online probe's variables there
+    when cfg.exclude_probe is set or lars_form='release' (the release's supervised head). SGD and
+    Adam have no trust ratio and only check the list. Call inside the variables' strategy scope.
     """
     if name not in OPTIMIZERS:
         raise ValueError(f"Unknown optimizer {name!r}; choose one of {OPTIMIZERS}.")
     default = RELEASE_EXCLUDE_PATTERNS if (name == "lars" and cfg.lars_form == "release") \
         else exclude_bias_and_norm
-    if cfg.exclude_probe:
-        base = _excluder(default, "exclusion")
-        default = lambda n: base(n) or "probe" in _leaf_path(n)  # noqa: E731
+    excluded_from_adaptation = list(excluded_from_adaptation)
     wd_rule = default if exclude_from_weight_decay is _FORM_DEFAULT else exclude_from_weight_decay
     adapt_rule = default if exclude_from_adaptation is _FORM_DEFAULT else exclude_from_adaptation
     if name == "lars":
         return LARS(variables, momentum=cfg.momentum, weight_decay=cfg.weight_decay, eta=cfg.eta,
                     form=cfg.lars_form, exclude_from_weight_decay=wd_rule,
-                    exclude_from_adaptation=adapt_rule, include_mask=include_mask)
+                    exclude_from_adaptation=adapt_rule, include_mask=include_mask,
+                    excluded_from_adaptation=excluded_from_adaptation)
     if name in ("momentum", "sgd"):
-        return SGDMomentum(variables, momentum=cfg.momentum, nesterov=cfg.nesterov,
-                           weight_decay=cfg.weight_decay, exclude_from_weight_decay=wd_rule,
-                           include_mask=include_mask)
-    return Adam(variables, beta1=cfg.adam_beta1, beta2=cfg.adam_beta2, epsilon=cfg.adam_epsilon,
-                weight_decay=cfg.weight_decay, exclude_from_weight_decay=wd_rule,
-                include_mask=include_mask)
+        opt = SGDMomentum(variables, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                          weight_decay=cfg.weight_decay, exclude_from_weight_decay=wd_rule,
+                          include_mask=include_mask)
+    else:
+        opt = Adam(variables, beta1=cfg.adam_beta1, beta2=cfg.adam_beta2,
+                   epsilon=cfg.adam_epsilon, weight_decay=cfg.weight_decay,
+                   exclude_from_weight_decay=wd_rule, include_mask=include_mask)
+    opt._refs_among(excluded_from_adaptation, "excluded_from_adaptation")
+    return opt

@@ -106,7 +106,11 @@ class Pretrainer:
         with strategy.scope():
             self.method = method_fn(num_classes)
             self.variables = self.method.optimized_variables()
-            self.optimizer = optim_lib.build_optimizer(cfg.optim.name, self.variables, cfg.optim)
+            self.optimizer = optim_lib.build_optimizer(
+                cfg.optim.name, self.variables, cfg.optim,
+                excluded_from_adaptation=(
+                    self.method.probe.trainable_variables
+                    if cfg.optim.exclude_probe or cfg.optim.lars_form == "release" else ()))
             self.metrics = reporting.MetricAccumulator(
                 tuple(self.method.metric_names) + ("loss", "learning_rate"))
         if dataset_fn is None:
@@ -194,8 +198,12 @@ class Pretrainer:
             self.print_fn(f"Resumed from {path} at step {self.step}.")
         return self.step
 
-    def train(self) -> dict:
-        """Trains to cfg.train_steps, checkpointing and reporting; returns the last metrics."""
+    def train(self, hooks=()) -> dict:
+        """Trains to cfg.train_steps, checkpointing and reporting; returns the last metrics.
+
+        hooks: (every_steps, fn) pairs; fn(step, writer) runs after every multiple of every_steps
+          (a monitor such as a kNN evaluation, written to the train summaries), outside the step.
+        """
         cfg = self.cfg
         start = self.restore()
         writer = tf.summary.create_file_writer(os.path.join(cfg.model_dir, "train"))
@@ -206,12 +214,16 @@ class Pretrainer:
         if step >= cfg.train_steps:
             self.print_fn(f"Already trained: step {step} >= train_steps {cfg.train_steps}.")
         while step < cfg.train_steps:
-            next_ckpt = (step // cfg.checkpoint_steps + 1) * cfg.checkpoint_steps
-            n = min(cfg.steps_per_loop, cfg.train_steps - step, next_ckpt - step)
+            boundaries = [cfg.checkpoint_steps] + [every for every, _ in hooks]
+            n = min([cfg.steps_per_loop, cfg.train_steps - step]
+                    + [(step // b + 1) * b - step for b in boundaries])
             self.run_steps(n)
             step = self.step
             last = progress.report(step, self.metrics.result())
             self.metrics.reset()
+            for every, fn in hooks:
+                if step % every == 0:
+                    fn(step, writer)
             if step % cfg.checkpoint_steps == 0 or step >= cfg.train_steps:
                 self.manager.save(checkpoint_number=step)
         writer.close()

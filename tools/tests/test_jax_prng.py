@@ -1,7 +1,7 @@
 """tools/jax_prng.py: JAX's threefry stream in numpy, checked against independent oracles.
 
 * The Threefry-2x32 (20 rounds) known-answer vectors published with Random123 (Salmon et al. 2011).
-* `split(PRNGKey(0))` as JAX printed it in both stream layouts (BYOL_JAX_REFERENCE.md records both).
+* `split(PRNGKey(0))` as JAX printed it in both stream layouts (the original and the partitionable).
 * `fma_float32` against exact rational arithmetic, including a constructed double-rounding case.
 * The samplers' distributions: uniform (Kolmogorov-Smirnov, range) and permutation (chi-square
   over the 24 orders).
