@@ -45,9 +45,11 @@ def test_final_linear_eval_prints_the_demo_table(tmp_path):
     r = testing.run_train_py("cbyol", "--train_steps=1", "--train_batch_size=16",
                              "--train_split=train[:500]", "--eval_split=test[:200]",
                              "--eval_batch_size=100", "--final_linear_eval",
-                             f"--model_dir={tmp_path}")
+                             "--final_eval_corruption_examples=0", f"--model_dir={tmp_path}")
     assert r.returncode == 0, r.stdout[-3000:]
     assert "| pretrained |" in r.stdout and "| random_init |" in r.stdout
+    assert "| kNN top-1 | L2 |" in r.stdout  # the corruption grid is tools/tests/test_evaluate.py's
     table = json.loads((tmp_path / "linear_eval.json").read_text())
     for row in table.values():
         assert 0.0 <= row["test_accuracy"] <= 1.0 and row["l2"] in (1e-5, 1e-6)
+        assert 0.0 <= row["knn_top_1"] <= 1.0 and "corruption_accuracy" not in row

@@ -6,7 +6,7 @@ config into its `common.training.method.Method`. Everything else is the same for
 checks (every error exits 2 before anything is written), `--print_config`, `<model_dir>/config.json`
 (the resolved configuration, the command line and the package versions), the refusal to resume a
 model_dir with another configuration, `--mode` train / eval / train_then_eval for `--train_mode`
-pretrain or finetune, and (with `--final_linear_eval`) the offline linear evaluation.
+pretrain or finetune, and (with `--final_linear_eval`) the trained encoder against a random one.
 """
 from __future__ import annotations
 
@@ -256,7 +256,7 @@ def main(spec: TrainerSpec, flag_values, argv: list[str], print_fn=print) -> dic
         return {}
 
     import tensorflow as tf
-    from common.evaluation import linear_eval
+    from common.evaluation import suite
     from common.training import distribute, finetune
     from common.training import trainer as trainer_lib
 
@@ -312,10 +312,12 @@ def main(spec: TrainerSpec, flag_values, argv: list[str], print_fn=print) -> dic
         if cfg.job.final_linear_eval and cfg.run.train_mode == "pretrain":
             with strategy.scope():
                 fresh = method_fn(pretrainer.num_classes)
-            table = linear_eval.pretrained_vs_random(pretrainer.method, fresh, parts.data,
-                                                     parts.augment, train.eval_batch_size,
-                                                     print_fn=print_fn)
-            linear_eval.print_table(table, print_fn=print_fn)
+            table = suite.pretrained_vs_random(
+                {"pretrained": pretrainer.method.encoder, "random_init": fresh.encoder},
+                parts.data, parts.augment, train.eval_batch_size,
+                corruption_examples=cfg.job.final_eval_corruption_examples, seed=cfg.run.seed,
+                print_fn=print_fn)
+            suite.print_comparison(table, print_fn=print_fn)
             result["linear_eval"] = table
             checkpoints.write_json(os.path.join(model_dir, "linear_eval.json"), table)
     else:

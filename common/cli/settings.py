@@ -243,17 +243,25 @@ class JobSettings:
                                     "runs/<config>-<time>).")
     eval_timeout: float = setting(3600.0, "Eval job: seconds to wait for a new checkpoint.")
     final_linear_eval: bool = setting(
-        False, "After training, fit logistic regression on frozen features of the trained and of "
-        "a randomly initialised encoder, and print both test accuracies.")
+        False, "After training, compare the trained encoder with the same one randomly "
+        "initialised: logistic regression and kNN on frozen features, and the linear "
+        "classifier's mean accuracy under the 15 corruptions (see "
+        "--final_eval_corruption_examples).")
+    final_eval_corruption_examples: int = setting(
+        500, "Eval-split examples the final evaluation corrupts (every corruption at severities "
+        "1-5); 0 skips the corruptions.")
     export_eval_model: bool = setting(False, "Release option (SavedModel).", allowed=(False,),
                                       why="SavedModel export is not part of this release")
     export_train_model: bool = setting(False, "Release option (SavedModel).", allowed=(False,),
                                        why="SavedModel export is not part of this release")
 
     def errors(self) -> list[str]:
+        out = []
         if self.model_dir is None and self.mode == "eval":
-            return ["--mode=eval needs --model_dir (where the training job writes checkpoints)."]
-        return []
+            out.append("--mode=eval needs --model_dir (where the training job writes checkpoints).")
+        if self.final_eval_corruption_examples < 0:
+            out.append("--final_eval_corruption_examples must be >= 0 (0 skips the corruptions).")
+        return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -285,7 +293,8 @@ RESUMABLE_CHANGES = frozenset({
     "train_summary_steps", "eval_batch_size", "eval_split", "deterministic", "knn_every_steps",
     "knn_bank_split",
     "use_tpu", "tpu_name", "tpu_zone", "gcp_project", "master", "cpu_replicas",
-    "mode", "model_dir", "eval_timeout", "final_linear_eval", "export_eval_model",
+    "mode", "model_dir", "eval_timeout", "final_linear_eval", "final_eval_corruption_examples",
+    "export_eval_model",
     "export_train_model"})
 
 

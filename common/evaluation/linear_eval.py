@@ -157,38 +157,3 @@ def linear_probe(train_x, train_y, test_x, test_y, num_classes: int,
     if return_classifier:
         return result, LinearClassifier(mean=mean, std=std, w=w)
     return result
-
-
-def pretrained_vs_random(method, fresh_method, data_cfg, aug_cfg, batch_size: int,
-                         print_fn=print) -> dict:
-    """Logistic regression on frozen backbone features (inference mode) of the trained encoder and
-    of the same encoder randomly initialised, fitted on data_cfg.train_split and tested on
-    data_cfg.eval_split. Returns {'pretrained': result, 'random_init': result} (see `linear_probe`).
-    """
-    import time
-
-    from common.data import datasets
-
-    info = datasets.dataset_info(data_cfg)
-    results = {}
-    for name, m in (("pretrained", method), ("random_init", fresh_method)):
-        t0 = time.perf_counter()
-        feats = {}
-        for split in (data_cfg.train_split, data_cfg.eval_split):
-            ds = datasets.eval_dataset(data_cfg, aug_cfg, split, batch_size)
-            feats[split] = extract_features(lambda x, m=m: m.encoder(x, training=False), ds)
-        (trx, try_), (tex, tey) = feats[data_cfg.train_split], feats[data_cfg.eval_split]
-        t1 = time.perf_counter()
-        results[name] = linear_probe(trx, try_, tex, tey, info.num_classes)
-        t2 = time.perf_counter()
-        print_fn(f"linear eval ({name}): test accuracy {results[name]['test_accuracy']:.4f} "
-                 f"({trx.shape[1]}-d features of {len(trx) + len(tex)} images in {t1 - t0:.0f}s, "
-                 f"fits {t2 - t1:.0f}s)", flush=True)
-    return results
-
-
-def print_table(results: dict, print_fn=print) -> None:
-    """A markdown table of `pretrained_vs_random`'s results."""
-    print_fn("\n| encoder | linear-probe test accuracy | L2 |\n| --- | --- | --- |")
-    for name, r in results.items():
-        print_fn(f"| {name} | {r['test_accuracy']:.4f} | {r['l2']:g} |")
