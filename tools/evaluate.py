@@ -19,7 +19,8 @@ from absl import flags
 
 flags.DEFINE_string("checkpoint", None, "A ckpt-N prefix or the model_dir of a run of this "
                     "project (its config.json describes the encoder).")
-flags.DEFINE_list("eval", ["linear", "knn"], "Evaluations: linear, knn, finetune, corruptions.")
+flags.DEFINE_list("eval", ["linear", "knn"], "Evaluations: linear, knn, finetune, corruptions, "
+                  "shifts (ImageNet-A, -R, -v2, -C through TFDS when prepared).")
 flags.DEFINE_string("dataset", None, "TFDS dataset name (default: the checkpoint's).")
 flags.DEFINE_string("data_dir", None, "TFDS data directory (default: the checkpoint's).")
 flags.DEFINE_string("train_split", None, "Split the classifiers are fitted on (default: the "
@@ -38,6 +39,13 @@ flags.DEFINE_string("corruption_split", None, "Split corrupted (default: the eva
 flags.DEFINE_string("reference", "random", "mCE's reference: 'random' (the same encoder randomly "
                     "initialised), the evaluation.json of another checkpoint, or 'none'.")
 flags.DEFINE_list("finetune_fractions", ["0.01", "0.1"], "Label fractions to fine-tune on.")
+flags.DEFINE_string("finetune_subset_file", None, "A file of training image names (ImageNet's "
+                    "1percent.txt / 10percent.txt) to fine-tune on instead of the fractions.")
+flags.DEFINE_list("shift_datasets", ["imagenet_a", "imagenet_r", "imagenet_v2",
+                                     "imagenet2012_corrupted"],
+                  "TFDS datasets of --eval=shifts (configs as name/config).")
+flags.DEFINE_string("shift_data_dir", None, "TFDS data directory of --shift_datasets (default: "
+                    "--data_dir).")
 flags.DEFINE_float("finetune_epochs", 30, "Fine-tuning epochs over the labelled subset.")
 flags.DEFINE_integer("finetune_batch_size", 128, "Fine-tuning batch.")
 flags.DEFINE_float("finetune_learning_rate", 0.05, "Fine-tuning base learning rate per 256.")
@@ -82,6 +90,8 @@ def main(argv) -> None:
             corruption_split=FLAGS.corruption_split,
             reference=None if FLAGS.reference == "none" else FLAGS.reference,
             finetune_fractions=tuple(float(f) for f in FLAGS.finetune_fractions),
+            finetune_subset_file=FLAGS.finetune_subset_file,
+            shift_datasets=tuple(FLAGS.shift_datasets), shift_data_dir=FLAGS.shift_data_dir,
             finetune_epochs=FLAGS.finetune_epochs, finetune_batch_size=FLAGS.finetune_batch_size,
             finetune_learning_rate=FLAGS.finetune_learning_rate,
             fine_tune_after_block=FLAGS.fine_tune_after_block, seed=FLAGS.seed)

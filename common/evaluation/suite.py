@@ -20,7 +20,13 @@ import tensorflow as tf
 from common.data import datasets
 from common.evaluation import linear_eval
 
-EVALUATIONS = ("linear", "knn", "finetune", "corruptions")
+EVALUATIONS = ("linear", "knn", "finetune", "corruptions", "shifts")
+# The distribution-shift test sets evaluated by 'shifts' when they are prepared in TFDS (each scored
+# by the linear classifier fitted on the checkpoint's training split; ImageNet-A and -R label 200 of
+# the 1000 classes, so their logits are restricted to the classes their labels use).
+SHIFT_DATASETS = ("imagenet_a", "imagenet_r", "imagenet_v2", "imagenet2012_corrupted")
+_SHIFT_SPLITS = {"imagenet_a": "test", "imagenet_r": "test", "imagenet_v2": "test",
+                 "imagenet2012_corrupted": "validation"}
 # Above this many training examples the linear protocol streams (SGD) instead of caching features.
 _CACHED_LINEAR_MAX_EXAMPLES = 200_000
 
@@ -51,10 +57,13 @@ class SuiteConfig:
     corruption_split: str | None = None
     reference: str | None = "random"
     finetune_fractions: tuple = (0.01, 0.1)
+    finetune_subset_file: str | None = None
     finetune_epochs: float = 30.0
     finetune_batch_size: int = 128
     finetune_learning_rate: float = 0.05
     fine_tune_after_block: int = -1
+    shift_datasets: tuple = SHIFT_DATASETS
+    shift_data_dir: str | None = None
     seed: int = 0
 
     def __post_init__(self):
@@ -361,10 +370,22 @@ def evaluate_finetune(ctx: Context, loaded: LoadedEncoder, cfg: SuiteConfig,
 
     labels = subsets.split_labels(ctx.data)
     replicas = ctx.strategy.num_replicas_in_sync
+    chosen = {f"{f:g}": None if f >= 1.0 else subsets.balanced_subset(labels, f, cfg.seed)
+              for f in cfg.finetune_fractions}
+    if cfg.finetune_subset_file:
+        try:
+            names = subsets.read_subset_file(cfg.finetune_subset_file)
+            split_names = subsets.split_file_names(ctx.data)
+        except (KeyError, ValueError) as e:
+            raise EvaluationError(f"cannot use {cfg.finetune_subset_file} on {ctx.data.dataset}/"
+                                  f"{ctx.data.train_split}: {e} (subset files name images by the "
+                                  "split's 'file_name' feature, as imagenet2012's).") from e
+        chosen = {os.path.basename(cfg.finetune_subset_file):
+                  subsets.indices_for_file_names(names, split_names)}
     out = {}
-    for fraction in cfg.finetune_fractions:
+    for label, indices in chosen.items():
         t0 = time.perf_counter()
-        indices = None if fraction >= 1.0 else subsets.balanced_subset(labels, fraction, cfg.seed)
+        fraction = 1.0 if indices is None else len(indices) / len(labels)
         data = ctx.data if indices is None else subsets.with_subset(ctx.data, indices)
         n = len(labels) if indices is None else len(indices)
         batch = max(replicas, min(cfg.finetune_batch_size, n) // replicas * replicas)
@@ -396,13 +417,65 @@ def evaluate_finetune(ctx: Context, loaded: LoadedEncoder, cfg: SuiteConfig,
         run.train()
         result = trainer.evaluate_probe(run.method, ctx.strategy, data, ctx.augment,
                                         data.eval_split, cfg.batch_size)
-        out[f"{fraction:g}"] = {"top_1": result["label_top_1_accuracy"],
+        out[label] = {"top_1": result["label_top_1_accuracy"],
                                 "top_5": result["label_top_5_accuracy"], "num_labelled": n,
                                 "steps": steps, "batch_size": batch,
                                 "seconds": time.perf_counter() - t0}
         ctx.print_fn(f"finetune {fraction:.0%}: top-1 {result['label_top_1_accuracy']:.4f}",
                      flush=True)
     return out
+
+
+def evaluate_shifts(ctx: Context, loaded: LoadedEncoder, classifier, cfg: SuiteConfig) -> dict:
+    """Top-1 of encoder + linear classifier on each prepared dataset of cfg.shift_datasets (the
+    datasets must use the training dataset's label indices; logits are restricted to the classes
+    their labels use). Unprepared ones are reported with how to prepare them; none prepared raises
+    EvaluationError."""
+    out, missing = {}, []
+    encode = tf.function(lambda x: loaded.encoder(x, training=False))
+    for name in cfg.shift_datasets:
+        base = name.split("/")[0]
+        data = dataclasses.replace(ctx.data, dataset=name, data_dir=cfg.shift_data_dir or
+                                   ctx.data.data_dir, eval_split=_SHIFT_SPLITS.get(base, "test"))
+        try:
+            prepared = datasets.is_prepared(data)
+        except datasets.DataError:
+            prepared = False
+        if not prepared:
+            how = (f"not prepared in {data.data_dir or '~/tensorflow_datasets'}: build it where the "
+                   f"network reaches its source (`tfds build {name}`; imagenet2012_corrupted/<name>_"
+                   "<severity> needs ImageNet's validation files in its manual directory) and pass "
+                   "--data_dir=DIR")
+            out[name] = {"skipped": how}
+            missing.append(f"{name}: {how}")
+            continue
+        t0 = time.perf_counter()
+        feats, labels = [], []
+        n = datasets.eval_steps(data, None, cfg.batch_size)
+        for batch in ProgressLine(f"shifts ({name})", n, ctx.print_fn).iterate(
+                _eval_pass(data, ctx.augment, cfg.batch_size)):
+            mask = batch["mask"].numpy() > 0
+            feats.append(encode(batch["image"]).numpy()[mask])
+            labels.append(batch["label"].numpy()[mask])
+        feats, labels = np.concatenate(feats), np.concatenate(labels)
+        logits = _logits(classifier, feats)
+        used = np.unique(labels)
+        restricted = np.full_like(logits, -np.inf)
+        restricted[:, used] = logits[:, used]
+        out[name] = {"top_1": float(np.mean(np.argmax(restricted, 1) == labels)),
+                     "num_examples": int(len(labels)), "num_classes_used": int(len(used)),
+                     "split": data.eval_split, "seconds": time.perf_counter() - t0}
+    for line in missing:
+        ctx.print_fn(f"shifts: {line}", flush=True)
+    if len(missing) == len(cfg.shift_datasets):
+        raise EvaluationError("none of the distribution-shift datasets is prepared:\n  "
+                              + "\n  ".join(missing))
+    return out
+
+
+def _eval_pass(data: datasets.DataConfig, aug_cfg, batch_size: int):
+    """One pass over data.eval_split, evaluation preprocessing, padded batches with masks."""
+    return datasets.eval_dataset(data, aug_cfg, None, batch_size)
 
 
 def _reference_grid(ctx: Context, loaded: LoadedEncoder, cfg: SuiteConfig) -> tuple[dict, str]:
@@ -447,7 +520,7 @@ def run_suite(loaded: LoadedEncoder, data_cfg: datasets.DataConfig, aug_cfg, cfg
                   print_fn=print_fn)
     results, classifier = {}, None
     t_all = time.perf_counter()
-    if "linear" in cfg.evaluations or "corruptions" in cfg.evaluations:
+    if {"linear", "corruptions", "shifts"} & set(cfg.evaluations):
         t0 = time.perf_counter()
         linear, classifier = evaluate_linear(ctx, loaded, cfg)
         linear["seconds"] = time.perf_counter() - t0
@@ -471,6 +544,8 @@ def run_suite(loaded: LoadedEncoder, data_cfg: datasets.DataConfig, aug_cfg, cfg
         print_fn(f"corruptions: mean accuracy {grid['mean_accuracy']:.4f}"
                  + (f", mCE {grid['mCE']:.3f} vs {ref_name}" if "mCE" in grid else "")
                  + f" ({grid['seconds']:.0f}s)", flush=True)
+    if "shifts" in cfg.evaluations:
+        results["shifts"] = evaluate_shifts(ctx, loaded, classifier, cfg)
     if "finetune" in cfg.evaluations:
         results["finetune"] = evaluate_finetune(ctx, loaded, cfg, output_dir)
     if "linear" not in cfg.evaluations:
@@ -507,9 +582,12 @@ def markdown_table(record: dict) -> str:
             rows.append(f"| corruptions | mCE vs {c['reference']} | {c['mCE']:.3f} | |")
         for name, acc in c["mean_accuracy_per_corruption"].items():
             rows.append(f"| corruptions | {name} | {acc:.4f} | |")
-    for fraction, f in r.get("finetune", {}).items():
-        rows.append(f"| finetune ({float(fraction):.0%} labels, {f['num_labelled']} examples) | "
+    for subset, f in r.get("finetune", {}).items():
+        rows.append(f"| finetune ({subset} of the labels, {f['num_labelled']} examples) | "
                     f"top_1 | {f['top_1']:.4f} | {f['seconds']:.0f} |")
+    for name, value in r.get("shifts", {}).items():
+        shown = f"{value['top_1']:.4f}" if "top_1" in value else "not prepared"
+        rows.append(f"| shifts | {name} | {shown} | {value.get('seconds', 0):.0f} |")
     return "\n".join(rows)
 
 

@@ -29,7 +29,8 @@ class TinyShapes(tfds.core.GeneratorBasedBuilder):
             builder=self, supervised_keys=("image", "label"),
             features=tfds.features.FeaturesDict({
                 "image": tfds.features.Image(shape=(32, 32, 3)),
-                "label": tfds.features.ClassLabel(num_classes=3)}))
+                "label": tfds.features.ClassLabel(num_classes=3),
+                "file_name": tfds.features.Text()}))
 
     def _split_generators(self, dl_manager):
         return {"train": self._generate_examples(0, 240), "test": self._generate_examples(1, 90)}
@@ -44,7 +45,8 @@ class TinyShapes(tfds.core.GeneratorBasedBuilder):
             mask = [(abs(yy - cy) < r) & (abs(xx - cx) < r), (yy - cy) ** 2 + (xx - cx) ** 2 < r * r,
                     abs(yy - cy) < 2][label]
             image = (rng.uniform(0, 60, (32, 32, 3)) + mask[..., None] * rng.uniform(120, 195, 3))
-            yield i, {"image": image.astype(np.uint8), "label": label}
+            yield i, {"image": image.astype(np.uint8), "label": label,
+                      "file_name": f"shape_{seed}_{i:04d}.png"}
 
 
 def _evaluate(*args, timeout=900):
@@ -131,16 +133,44 @@ def test_evaluations_on_a_second_tfds_dataset_prepared_here(pretrained, tmp_path
     data_dir = tmp_path / "tfds"
     TinyShapes(data_dir=str(data_dir)).download_and_prepare()
     out = tmp_path / "eval"
-    r = _evaluate(f"--checkpoint={pretrained}", "--eval=linear,knn", "--dataset=tiny_shapes",
-                  f"--data_dir={data_dir}", "--train_split=train", "--eval_split=test",
-                  "--knn_k=20", f"--output_dir={out}")
+    subset = tmp_path / "1percent.txt"  # a subset file in the layout of ImageNet's
+    subset.write_text("".join(f"shape_0_{i:04d}.png\n" for i in range(0, 240, 8)))
+    r = _evaluate(f"--checkpoint={pretrained}", "--eval=linear,knn,finetune",
+                  "--dataset=tiny_shapes", f"--data_dir={data_dir}", "--train_split=train",
+                  "--eval_split=test", "--knn_k=20", f"--finetune_subset_file={subset}",
+                  "--finetune_epochs=1", f"--output_dir={out}")
     assert r.returncode == 0, r.stdout[-4000:]
     record = json.loads((out / "evaluation.json").read_text())
+    assert record["results"]["finetune"]["1percent.txt"]["num_labelled"] == 30
     assert record["dataset"]["num_classes"] == 3
     assert record["results"]["linear"]["num_train"] == 240
     assert record["results"]["knn"]["num_test"] == 90 and record["results"]["knn"]["k"] == 20
     # The shapes are easy: above chance (1/3) for both classifiers, even from a 2-step encoder.
     assert record["results"]["linear"]["top_1"] > 0.5 and record["results"]["knn"]["top_1"] > 0.4
+
+
+def test_distribution_shift_sets_when_prepared_and_how_to_prepare_them_when_not(pretrained,
+                                                                              tmp_path):
+    data_dir = tmp_path / "tfds"
+    TinyShapes(data_dir=str(data_dir)).download_and_prepare()
+    out = tmp_path / "eval"
+    r = _evaluate(f"--checkpoint={pretrained}", "--eval=shifts", "--train_split=train[:1000]",
+                  "--eval_split=test[:200]", "--shift_datasets=tiny_shapes,imagenet_a",
+                  f"--shift_data_dir={data_dir}", f"--output_dir={out}")
+    assert r.returncode == 0, r.stdout[-4000:]
+    shifts = json.loads((out / "evaluation.json").read_text())["results"]["shifts"]
+    # tiny_shapes' labels 0-2 are read as three of the ten Fashion-MNIST classes.
+    assert shifts["tiny_shapes"]["num_examples"] == 90
+    assert shifts["tiny_shapes"]["num_classes_used"] == 3
+    assert 0.0 <= shifts["tiny_shapes"]["top_1"] <= 1.0
+    assert "tfds build imagenet_a" in shifts["imagenet_a"]["skipped"]
+    assert "| shifts | imagenet_a | not prepared |" in r.stdout
+    r = _evaluate(f"--checkpoint={pretrained}", "--eval=shifts", "--train_split=train[:500]",
+                  "--eval_split=test[:100]", "--shift_datasets=imagenet_r",
+                  f"--shift_data_dir={data_dir}", f"--output_dir={tmp_path / 'none'}")
+    assert r.returncode == 2, r.stdout[-3000:]
+    assert "none of the distribution-shift datasets is prepared" in r.stdout
+    assert "tfds build imagenet_r" in r.stdout
 
 
 def test_what_cannot_be_evaluated_stops_with_the_reason(pretrained, tmp_path):
