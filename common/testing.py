@@ -199,3 +199,32 @@ def check_presets(configs_module, paper: dict) -> None:
     small = flat_config(configs_module.PRESETS[configs_module.DEFAULT])
     assert small["dataset"] == "fashion_mnist" and small["train_steps"] == 840
     assert small["resnet_depth"] == 18 and small["width_multiplier"] == 0.25
+
+
+def record_calls(monkeypatch, owner, attr: str) -> list:
+    """Replaces owner.attr by a recorder that calls through; returns the list of recorded calls,
+    each the call's arguments by parameter name (defaults applied). For wiring tests: which
+    network output reached which input of a loss."""
+    import inspect
+    fn = getattr(owner, attr)
+    sig = inspect.signature(fn)
+    calls = []
+
+    def recorder(*args, **kwargs):
+        bound = sig.bind(*args, **kwargs)
+        bound.apply_defaults()
+        calls.append(dict(bound.arguments))
+        return fn(*args, **kwargs)
+    monkeypatch.setattr(owner, attr, recorder)
+    return calls
+
+
+def distinct_views(n: int = 4, size: int = 16, seed: int = 0) -> dict:
+    """A batch {'view1', 'view2', 'label'} whose two views have nothing in common (different
+    draws, scales and offsets), so a test can tell which view reached which input."""
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    v1 = rng.standard_normal((n, size, size, 3))
+    v2 = 3.0 * rng.standard_normal((n, size, size, 3)) + 1.0
+    return {"view1": tf.constant(v1, tf.float32), "view2": tf.constant(v2, tf.float32),
+            "label": tf.constant([2, 0, 3, 1][:n], tf.int32)}

@@ -84,26 +84,12 @@ def test_probe_reads_backbone_or_projection(probe_input, dim):
 
 # ------------------------------------------------------------------------------ wiring
 
-def _record(monkeypatch, owner, attr):
-    import inspect
-    fn = getattr(owner, attr)
-    sig = inspect.signature(fn)
-    calls = []
+_record = testing.record_calls
 
-    def recorder(*args, **kwargs):
-        bound = sig.bind(*args, **kwargs)
-        bound.apply_defaults()
-        calls.append(dict(bound.arguments))
-        return fn(*args, **kwargs)
-    monkeypatch.setattr(owner, attr, recorder)
-    return calls
 
 
 def distinct_views(n=4, size=16):
-    rng = np.random.default_rng(51)
-    return {"view1": tf.constant(rng.standard_normal((n, size, size, 3)), tf.float32),
-            "view2": tf.constant(3.0 * rng.standard_normal((n, size, size, 3)) + 1.0, tf.float32),
-            "label": tf.constant([2, 0, 3, 1][:n], tf.int32)}
+    return testing.distinct_views(n, size, seed=51)
 
 
 @pytest.mark.parametrize("probe_input", ["backbone", "projection"])

@@ -93,30 +93,12 @@ def test_target_follows_ema_through_training_steps(tmp_path):
 # Which network output reaches which input of the loss, checked against the sub-networks run
 # independently on each view, and the loss value against a float64 numpy oracle.
 
-def _record(monkeypatch, owner, attr):
-    """Replaces owner.attr by a recorder that calls through; returns the list of recorded calls
-    (arguments by parameter name)."""
-    import inspect
-    fn = getattr(owner, attr)
-    sig = inspect.signature(fn)
-    calls = []
+_record = testing.record_calls
 
-    def recorder(*args, **kwargs):
-        bound = sig.bind(*args, **kwargs)
-        bound.apply_defaults()
-        calls.append(dict(bound.arguments))
-        return fn(*args, **kwargs)
-    monkeypatch.setattr(owner, attr, recorder)
-    return calls
 
 
 def distinct_views(n=4, size=16):
-    """Two views with nothing in common (different draws, scales and offsets)."""
-    rng = np.random.default_rng(21)
-    v1 = rng.standard_normal((n, size, size, 3))
-    v2 = 3.0 * rng.standard_normal((n, size, size, 3)) + 1.0
-    return {"view1": tf.constant(v1, tf.float32), "view2": tf.constant(v2, tf.float32),
-            "label": tf.constant([2, 0, 3, 1][:n], tf.int32)}
+    return testing.distinct_views(n, size, seed=21)
 
 
 def np_log_vmf(z, mu, kappa):

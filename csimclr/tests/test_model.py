@@ -1,6 +1,5 @@
 """C-SimCLR's model wiring: which rows reach the loss as view 1 and view 2, what the probe reads,
 the CEB settings and seed handed to the loss, and where the gradients go."""
-import inspect
 
 import numpy as np
 import pytest
@@ -12,28 +11,12 @@ from common.training import models
 from csimclr import model
 
 
-def _record(monkeypatch, owner, attr):
-    """Replaces owner.attr by a recorder that calls through; returns the recorded calls' arguments
-    by parameter name."""
-    fn = getattr(owner, attr)
-    sig = inspect.signature(fn)
-    calls = []
+_record = testing.record_calls
 
-    def recorder(*args, **kwargs):
-        bound = sig.bind(*args, **kwargs)
-        bound.apply_defaults()
-        calls.append(dict(bound.arguments))
-        return fn(*args, **kwargs)
-    monkeypatch.setattr(owner, attr, recorder)
-    return calls
 
 
 def distinct_views(n=4, size=16):
-    rng = np.random.default_rng(31)
-    v1 = rng.standard_normal((n, size, size, 3))
-    v2 = 3.0 * rng.standard_normal((n, size, size, 3)) + 1.0
-    return {"view1": tf.constant(v1, tf.float32), "view2": tf.constant(v2, tf.float32),
-            "label": tf.constant([2, 0, 3, 1][:n], tf.int32)}
+    return testing.distinct_views(n, size, seed=31)
 
 
 def make(probe_input="backbone", sampling=True):

@@ -1,6 +1,5 @@
 """SimCLR's model wiring: view 1's rows then view 2's reach the NT-Xent loss, the probe reads the
 backbone (or projection) of both views, gradients reach the encoder, projector and probe only."""
-import inspect
 
 import numpy as np
 import pytest
@@ -11,25 +10,12 @@ from common.training import models
 from simclr import model
 
 
-def _record(monkeypatch, owner, attr):
-    fn = getattr(owner, attr)
-    sig = inspect.signature(fn)
-    calls = []
+_record = testing.record_calls
 
-    def recorder(*args, **kwargs):
-        bound = sig.bind(*args, **kwargs)
-        bound.apply_defaults()
-        calls.append(dict(bound.arguments))
-        return fn(*args, **kwargs)
-    monkeypatch.setattr(owner, attr, recorder)
-    return calls
 
 
 def distinct_views(n=4, size=16):
-    rng = np.random.default_rng(41)
-    return {"view1": tf.constant(rng.standard_normal((n, size, size, 3)), tf.float32),
-            "view2": tf.constant(3.0 * rng.standard_normal((n, size, size, 3)) + 1.0, tf.float32),
-            "label": tf.constant([2, 0, 3, 1][:n], tf.int32)}
+    return testing.distinct_views(n, size, seed=41)
 
 
 def make(probe_input="backbone"):
