@@ -135,13 +135,16 @@ def test_evaluations_on_a_second_tfds_dataset_prepared_here(pretrained, tmp_path
     out = tmp_path / "eval"
     subset = tmp_path / "1percent.txt"  # a subset file in the layout of ImageNet's
     subset.write_text("".join(f"shape_0_{i:04d}.png\n" for i in range(0, 240, 8)))
-    r = _evaluate(f"--checkpoint={pretrained}", "--eval=linear,knn,finetune",
+    r = _evaluate(f"--checkpoint={pretrained}", "--eval=linear,knn,finetune,corruptions",
                   "--dataset=tiny_shapes", f"--data_dir={data_dir}", "--train_split=train",
                   "--eval_split=test", "--knn_k=20", f"--finetune_subset_file={subset}",
-                  "--finetune_epochs=1", f"--output_dir={out}")
+                  "--finetune_epochs=1", "--corruptions=snow", "--severities=3",
+                  "--reference=none", f"--output_dir={out}")
     assert r.returncode == 0, r.stdout[-4000:]
     record = json.loads((out / "evaluation.json").read_text())
     assert record["results"]["finetune"]["1percent.txt"]["num_labelled"] == 30
+    assert 0.0 <= record["results"]["corruptions"]["accuracy"]["snow"]["3"] <= 1.0
+    assert "mCE" not in record["results"]["corruptions"]
     assert record["dataset"]["num_classes"] == 3
     assert record["results"]["linear"]["num_train"] == 240
     assert record["results"]["knn"]["num_test"] == 90 and record["results"]["knn"]["k"] == 20
