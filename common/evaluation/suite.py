@@ -197,12 +197,8 @@ def _scalars(writer, step: int, prefix: str, values: dict) -> None:
     if writer is None:
         return
     with writer.as_default(step=step):
-        for k, v in values.items():
-            if isinstance(v, dict):
-                for kk, vv in _flatten(v, f"{prefix}/{k}"):
-                    tf.summary.scalar(kk, vv)
-            elif isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
-                tf.summary.scalar(f"{prefix}/{k}", v)
+        for tag, value in _flatten(values, prefix):
+            tf.summary.scalar(tag, value)
     writer.flush()
 
 
