@@ -22,6 +22,13 @@ class BYOL(models.OnlineTargetMethod):
         self.predictor = (self._mlp(heads_cfg.out_dim, resnet_cfg.bn, "predictor")
                           if use_predictor else None)
 
+    def release_modules(self):
+        # The release's online predictor is its `_projector`.
+        out = super().release_modules()
+        if self.predictor is not None:
+            out["predictor"] = "_projector"
+        return out
+
     def optimized_variables(self):
         out = self.online_variables()
         if self.predictor is not None:

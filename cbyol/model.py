@@ -35,6 +35,12 @@ class CBYOL(models.OnlineTargetMethod):
         # The mean network of b(z|y): trained by -beta log b only (its input is stop-gradient).
         self.backward_projector = self._mlp(h.out_dim, resnet_cfg.bn, "backward_projector")
 
+    def release_modules(self):
+        # The release's stochastic predictor is its `_projector`, and the mean network of b(z|y)
+        # its `_target_projector`.
+        return dict(super().release_modules(), predictor="_projector",
+                    backward_projector="_target_projector")
+
     def optimized_variables(self):
         return (self.online_variables() + list(self.predictor.trainable_variables)
                 + list(self.backward_projector.trainable_variables)

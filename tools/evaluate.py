@@ -18,7 +18,10 @@ from absl import app
 from absl import flags
 
 flags.DEFINE_string("checkpoint", None, "A ckpt-N prefix or the model_dir of a run of this "
-                    "project (its config.json describes the encoder).")
+                    "project (its config.json describes the encoder), or a checkpoint of the "
+                    "original release (the encoder read from its shapes).")
+flags.DEFINE_integer("image_size", None, "Input size (default: the checkpoint's run; release "
+                     "checkpoints: 32 with a CIFAR stem, else 224).")
 flags.DEFINE_list("eval", ["linear", "knn"], "Evaluations: linear, knn, finetune, corruptions, "
                   "shifts (ImageNet-A, -R, -v2, -C through TFDS when prepared).")
 flags.DEFINE_string("dataset", None, "TFDS dataset name (default: the checkpoint's).")
@@ -104,6 +107,8 @@ def main(argv) -> None:
             settings.DataSettings(**run["data"]),
             **{k: getattr(FLAGS, k) for k in ("dataset", "data_dir", "train_split", "eval_split")
                if FLAGS[k].present})
+        if FLAGS.image_size:
+            data = dataclasses.replace(data, image_size=FLAGS.image_size)
         if FLAGS["dataset"].present and not FLAGS["data_dir"].present:
             data = dataclasses.replace(data, data_dir=None)
         data_cfg = datasets.DataConfig(dataset=data.dataset, data_dir=data.data_dir,
@@ -114,6 +119,8 @@ def main(argv) -> None:
             use_tpu=FLAGS.use_tpu, tpu_name=FLAGS.tpu_name, cpu_replicas=FLAGS.cpu_replicas))
         output_dir = FLAGS.output_dir or os.path.join(os.path.dirname(loaded.checkpoint),
                                                       "evaluation")
+        for line in loaded.config.get("import_report", []):
+            print(line, flush=True)
         print(f"evaluating {loaded.checkpoint} (step {loaded.step}) on {data_cfg.dataset} "
               f"{data_cfg.train_split} -> {data_cfg.eval_split}: {', '.join(cfg.evaluations)}; "
               f"results in {output_dir}", flush=True)

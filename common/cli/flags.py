@@ -99,3 +99,21 @@ def resolve(flag_values: flags.FlagValues, presets: dict,
     for w in warnings:
         warn(w)
     return name, config
+
+
+def parse_overrides(args: list[str], presets: dict, preset: str, trainer: str) -> dict:
+    """{flag: value} of a trainer's flags given as `--name=value` items to another command (tools
+    that write a run of a trainer), parsed by the very flag definitions the trainer uses; `trainer`
+    is its package name, for the messages.
+
+    Raises FlagError naming an unknown flag, a bad value or a stray argument."""
+    fv = flags.FlagValues()
+    define(fv, presets, preset)
+    try:
+        rest = fv(["tool", *args])
+    except flags.Error as e:
+        raise FlagError(f"{e}; the {trainer} trainer's flags: python {trainer}/train.py "
+                        "--helpfull.") from e
+    if len(rest) > 1:
+        raise FlagError(f"unexpected arguments {rest[1:]}; trainer flags look like --name=value.")
+    return overrides(fv, presets[preset])

@@ -97,18 +97,20 @@ def resnet_config(m: settings.ModelSettings, image_size: int):
     from common.networks import resnet as resnet_lib
     cfg = resnet_lib.resnet_config(m.resnet_depth, m.width_multiplier, image_size)
     return dataclasses.replace(
-        cfg, sk_ratio=m.sk_ratio, se_ratio=m.se_ratio,
+        cfg, sk_ratio=m.sk_ratio, se_ratio=m.se_ratio, padding=m.resnet_padding,
         bn=dataclasses.replace(cfg.bn, momentum=m.batch_norm_decay, semantics=m.bn_semantics,
                                sync=m.global_bn))
 
 
-def build_parts(cfg: Experiment, model_dir: str) -> Parts:
-    """Resolves the library configs: reads the training split's size (DataError if unavailable)."""
+def build_parts(cfg: Experiment, model_dir: str, num_train_examples: int | None = None) -> Parts:
+    """Resolves the library configs: reads the training split's size (DataError if unavailable)
+    unless `num_train_examples` gives it (tools that build a model without its data)."""
     from common.data import datasets
     from common.training import distribute, finetune, models, optim, schedules, trainer
 
     data_cfg = data_config(cfg)
-    n_train = datasets.num_examples(data_cfg, data_cfg.train_split)
+    n_train = (datasets.num_examples(data_cfg, data_cfg.train_split) if num_train_examples is None
+               else num_train_examples)
     d = derived_steps(cfg, n_train)
     o, r, m = cfg.optim, cfg.run, cfg.model
     lr_cfg = schedules.LRConfig(
@@ -124,12 +126,13 @@ def build_parts(cfg: Experiment, model_dir: str) -> Parts:
         steps_per_loop=max(1, min(r.train_summary_steps, d["train_steps"])),
         checkpoint_steps=d["checkpoint_steps"], keep_checkpoint_max=r.keep_checkpoint_max,
         lr=lr_cfg, optim=optim_cfg, seed=r.seed, eval_timeout_secs=cfg.job.eval_timeout,
-        jit_compile=r.jit_compile)
+        jit_compile=r.jit_compile, precision=r.precision, on_nonfinite=r.on_nonfinite)
     aug = augment_config(cfg.augment, cfg.data.image_size)
     resnet_cfg = resnet_config(cfg.model, cfg.data.image_size)
     heads = models.HeadsConfig(hidden_dim=m.proj_head_hidden_dim, out_dim=m.proj_out_dim,
                                num_layers=m.num_proj_layers, probe_input=m.probe_input,
-                               output_bn=m.proj_head_output_bn, kernel_init=_HEAD_INIT[m.mlp_init])
+                               output_bn=m.proj_head_output_bn, kernel_init=_HEAD_INIT[m.mlp_init],
+                               use_hidden_bias=m.mlp_hidden_bias)
     ds = cfg.distribute
     dist = distribute.DistributeConfig(use_tpu=ds.use_tpu, tpu_name=ds.tpu_name,
                                        tpu_zone=ds.tpu_zone, gcp_project=ds.gcp_project,
@@ -178,9 +181,17 @@ def check_resumable(model_dir: str, cfg: Experiment) -> None:
     if not os.path.exists(path):
         return
     with open(path) as f:
-        stored = json.load(f)
-    diff = settings.differences(stored.get("config", {}), settings.as_dict(cfg),
-                                ignore=settings.RESUMABLE_CHANGES)
+        stored = json.load(f).get("config", {})
+    # A setting added after the run was started is absent from its config.json: the run had that
+    # setting's default behaviour, so the default stands in for it.
+    for leaf in settings.leaves(cfg):
+        node = stored
+        for name in leaf.path[:-1]:
+            node = node.setdefault(name, {}) if isinstance(node, dict) else {}
+        if isinstance(node, dict) and leaf.path[-1] not in node \
+                and leaf.field.default is not dataclasses.MISSING:
+            node[leaf.path[-1]] = leaf.field.default
+    diff = settings.differences(stored, settings.as_dict(cfg), ignore=settings.RESUMABLE_CHANGES)
     if diff:
         raise flags_lib.FlagError(
             f"{model_dir} holds a run with another configuration ({path}); it differs in:\n  "
@@ -197,6 +208,31 @@ def write_config(model_dir: str, trainer: str, preset: str, cfg: Experiment,
     record.update(trainer=trainer, command_line=list(argv), versions=versions(),
                   written=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     checkpoints.write_json(os.path.join(model_dir, CONFIG_FILE), record)
+
+
+def check_paths(model_dir: str, cfg: Experiment) -> None:
+    """FlagError unless --data_dir exists and model_dir (or the folder it will be made in) is
+    writable. Writability is probed by creating and removing a file, which also catches read-only
+    mounts (os.access does not); object-store paths are left to the first write."""
+    import tempfile
+    data_dir = cfg.data.data_dir
+    if data_dir and "://" not in data_dir and not os.path.isdir(data_dir):
+        raise flags_lib.FlagError(
+            f"--data_dir={data_dir} does not exist; pass the folder that holds the prepared TFDS "
+            "data (create it first if TFDS should download into it).")
+    if "://" in model_dir:
+        return
+    probe = os.path.abspath(model_dir)
+    while not os.path.isdir(probe) and os.path.dirname(probe) != probe:
+        probe = os.path.dirname(probe)
+    try:
+        fd, name = tempfile.mkstemp(dir=probe, prefix=".write-probe-")
+        os.close(fd)
+        os.remove(name)
+    except OSError as e:
+        raise flags_lib.FlagError(
+            f"--model_dir={model_dir} is not writable ({probe}: {e.strerror or e}); pass a "
+            "--model_dir you can write to, or fix its permissions.") from e
 
 
 def die(message: str) -> None:
@@ -239,6 +275,37 @@ def knn_monitor(method, parts: Parts, bank_split: str | None, print_fn=print):
     return hook
 
 
+EXPORT_DIR = "saved_model"
+
+
+def export_eval_model(method, parts: Parts, model_dir: str, step: int, print_fn=print) -> str:
+    """--export_eval_model: <model_dir>/saved_model from the trained method's inference networks
+    (common.interop.export): its encoder, its projection head when it has one, and its linear
+    probe on the input the probe reads; preprocessing as the run's evaluation pipeline. Returns
+    the SavedModel's path."""
+    from common.data import augment as augment_lib
+    from common.interop import export, features
+
+    aug = parts.augment
+    heads = getattr(method, "heads_cfg", None)
+    model = features.FeatureModel(
+        image_size=parts.data.image_size,
+        normalize=augment_lib.normalize if aug.normalize else tf_identity,
+        encoder=method.encoder, projector=getattr(method, "projector", None),
+        classifier=getattr(method, "probe", None),
+        classifier_input=heads.probe_input if heads is not None else "backbone",
+        source="project", description=f"{model_dir} at step {step}")
+    path = os.path.join(model_dir, EXPORT_DIR)
+    export.export_saved_model(model, path, aug.eval_crop_proportion, aug.eval_crop_rounding)
+    print_fn(f"SavedModel of the inference networks: {path}", flush=True)
+    return path
+
+
+def tf_identity(x):
+    """The normalisation of pipelines that do not normalise."""
+    return x
+
+
 def main(spec: TrainerSpec, flag_values, argv: list[str], print_fn=print) -> dict:
     """Runs the job the parsed `flag_values` ask for; returns the result dict."""
     from common.data import datasets
@@ -268,6 +335,7 @@ def main(spec: TrainerSpec, flag_values, argv: list[str], print_fn=print) -> dic
         if cfg.run.deterministic:
             tf.config.experimental.enable_op_determinism()
         model_dir = _model_dir(preset, cfg)
+        check_paths(model_dir, cfg)
         check_resumable(model_dir, cfg)
         parts = build_parts(cfg, model_dir)
     except (flags_lib.FlagError, datasets.DataError, ValueError) as e:
@@ -291,16 +359,38 @@ def main(spec: TrainerSpec, flag_values, argv: list[str], print_fn=print) -> dic
         dataset_fn = None
     result = {}
     if cfg.job.mode in ("train", "train_then_eval"):
+        try:  # resume (or refuse another model's checkpoint) before anything is written
+            pretrainer = trainer_lib.Pretrainer(method_fn, train, parts.data, parts.augment,
+                                                strategy, dataset_fn=dataset_fn, print_fn=print_fn)
+            pretrainer.restore()
+        except (checkpoints.CheckpointError, ValueError) as e:  # e.g. batch vs TPU replicas
+            die(str(e))
+        if cfg.finetune.checkpoint and pretrainer.manager.latest_checkpoint is None:
+            # A new run starts from --checkpoint (this project's or the original release's):
+            # fine-tuning takes its encoder, pretraining every module it has (docs/DECISIONS.md 16).
+            from common.interop import loading
+            try:
+                if cfg.run.train_mode == "finetune":
+                    pretrainer.method.load_pretrained(print_fn=print_fn)
+                else:
+                    loading.initialise_method(pretrainer.method, cfg.finetune.checkpoint,
+                                              print_fn=print_fn)
+            except (ValueError, checkpoints.CheckpointError) as e:
+                die(str(e))
         write_config(model_dir, spec.name, preset, cfg, argv)
-        pretrainer = trainer_lib.Pretrainer(method_fn, train, parts.data, parts.augment, strategy,
-                                            dataset_fn=dataset_fn, print_fn=print_fn)
-        if cfg.run.train_mode == "finetune":
-            pretrainer.method.load_pretrained()
         hooks = []
         if cfg.run.knn_every_steps > 0:
             hooks.append((cfg.run.knn_every_steps,
                           knn_monitor(pretrainer.method, parts, cfg.run.knn_bank_split, print_fn)))
-        pretrainer.train(hooks=hooks)
+        try:
+            pretrainer.train(hooks=hooks)
+        except checkpoints.CheckpointError as e:  # a save failed; the previous one is intact
+            die(str(e))
+        except trainer_lib.NonFiniteError as e:
+            print(f"error: {e}", file=sys.stderr, flush=True)
+            sys.exit(1)
+        if pretrainer.preempted:  # SIGTERM: checkpointed; the next start resumes
+            return {"preempted_at": pretrainer.step}
         if cfg.job.mode == "train_then_eval":
             result = trainer_lib.evaluate_probe(pretrainer.method, strategy, parts.data,
                                                 parts.augment, cfg.data.eval_split,
@@ -320,6 +410,9 @@ def main(spec: TrainerSpec, flag_values, argv: list[str], print_fn=print) -> dic
             suite.print_comparison(table, print_fn=print_fn)
             result["linear_eval"] = table
             checkpoints.write_json(os.path.join(model_dir, "linear_eval.json"), table)
+        if cfg.job.export_eval_model:
+            result["saved_model"] = export_eval_model(pretrainer.method, parts, model_dir,
+                                                      pretrainer.step, print_fn)
     else:
         result = trainer_lib.eval_checkpoints(method_fn, train, parts.data, parts.augment,
                                               strategy, cfg.data.eval_split, print_fn=print_fn)

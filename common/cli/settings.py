@@ -31,6 +31,9 @@ def setting(default, help: str, *, choices: tuple | None = None, allowed: tuple 
     return dataclasses.field(default=default, metadata=meta)
 
 
+MIN_IMAGE_SIZE = 8
+
+
 @dataclasses.dataclass(frozen=True)
 class DataSettings:
     dataset: str = setting("imagenet2012", "TFDS dataset name; fashion_mnist is built in (Debian's "
@@ -42,7 +45,11 @@ class DataSettings:
     cache_dataset: bool = setting(False, "Cache the decoded dataset in memory.")
 
     def errors(self) -> list[str]:
-        return [] if self.image_size > 0 else [f"--image_size={self.image_size}: pass a positive size."]
+        # The smallest stem, the CIFAR one (image_size <= 32), downsamples by 8 over the network;
+        # below 8 px the last stages see nothing but padding.
+        return [] if self.image_size >= MIN_IMAGE_SIZE else [
+            f"--image_size={self.image_size}: the ResNet downsamples by {MIN_IMAGE_SIZE}; pass "
+            f"--image_size >= {MIN_IMAGE_SIZE}."]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,6 +106,13 @@ class ModelSettings:
     proj_head_hidden_dim: int = setting(4096, "Projection MLP hidden width.")
     proj_out_dim: int = setting(256, "Projection output width.")
     proj_head_output_bn: bool = setting(False, "BN (scale only) on the projection output.")
+    resnet_padding: str = setting(
+        "fixed", "Strided convolutions' padding: fixed (the release: (k-1)/2 on each side before "
+        "the stride) or same (haiku's SAME, DeepMind's reference; what converted DeepMind parameters "
+        "need, docs/DECISIONS.md 18).", choices=("fixed", "same"))
+    mlp_hidden_bias: bool = setting(
+        False, "A bias on the heads' hidden Linear layers before their BN (DeepMind's MLP has one; "
+        "converted DeepMind parameters need it, docs/DECISIONS.md 18).")
     mlp_init: str = setting(
         "release", "Head kernel init (docs/DECISIONS.md 9). release: Keras VarianceScaling(), a "
         "fan-in truncated normal with std 1/sqrt(fan_in) (the release's default); deepmind: the "
@@ -118,6 +132,9 @@ class ModelSettings:
         out = []
         if self.width_multiplier <= 0:
             out.append(f"--width_multiplier={self.width_multiplier}: pass a positive number.")
+        elif round(64 * self.width_multiplier) < 1:  # the narrowest layers have 64 channels at width 1
+            out.append(f"--width_multiplier={self.width_multiplier} rounds the 64-channel layers "
+                       "to 0 channels; pass a width > 1/128 (0.0079).")
         for name in ("num_proj_layers", "proj_head_hidden_dim", "proj_out_dim"):
             if getattr(self, name) < 1:
                 out.append(f"--{name}={getattr(self, name)}: pass a positive integer.")
@@ -175,6 +192,16 @@ class RunSettings:
     seed: int = setting(0, "Run seed: data order, augmentation, vMF samples, initial weights.")
     deterministic: bool = setting(False, "Enable TF op determinism (bit-exact reruns).")
     jit_compile: bool = setting(False, "Compile the training step with XLA.")
+    on_nonfinite: str = setting(
+        "stop", "A NaN or Inf in the loss, a metric, a gradient or a variable: stop with an error "
+        "naming the step and the value (no checkpoint of that state), or skip the step (undone, "
+        "counted as nonfinite_skipped in the summaries); docs/DECISIONS.md 21.",
+        choices=("stop", "skip"))
+    precision: str = setting("float32", "Compute dtype of the networks in the training step; "
+                             "variables, losses, vMF, optimizer and BN statistics stay float32 "
+                             "(docs/DECISIONS.md 25). bfloat16: TPUs and CPUs with BF16 "
+                             "instructions; float16: GPUs, with dynamic loss scaling.",
+                             choices=("float32", "bfloat16", "float16"))
     knn_every_steps: int = setting(0, "Monitor: every this many steps, kNN accuracy (k=200, "
                                    "T=0.07) of the backbone on the eval split with the bank "
                                    "split's features, written to TensorBoard (knn/top_1); 0: off.")
@@ -207,8 +234,10 @@ class RunSettings:
 
 @dataclasses.dataclass(frozen=True)
 class FinetuneSettings:
-    checkpoint: str | None = setting(None, "Pretrained checkpoint (a ckpt-N prefix or a model_dir) "
-                                     "to fine-tune from.")
+    checkpoint: str | None = setting(None, "Checkpoint a new run starts from (a ckpt-N prefix or "
+                                     "a model_dir of this project, or a checkpoint of the original "
+                                     "release): fine-tuning takes its encoder, pretraining every "
+                                     "module it has; ignored once model_dir holds a checkpoint.")
     fine_tune_after_block: int = setting(-1, "Fine-tuning trains blocks after this one: -1 "
                                          "everything, 4 the head only.", choices=(-1, 0, 1, 2, 3, 4))
     zero_init_logits_layer: bool = setting(False, "Zero-initialise the supervised head.")
@@ -250,10 +279,15 @@ class JobSettings:
     final_eval_corruption_examples: int = setting(
         500, "Eval-split examples the final evaluation corrupts (every corruption at severities "
         "1-5); 0 skips the corruptions.")
-    export_eval_model: bool = setting(False, "Release option (SavedModel).", allowed=(False,),
-                                      why="SavedModel export is not part of this release")
-    export_train_model: bool = setting(False, "Release option (SavedModel).", allowed=(False,),
-                                       why="SavedModel export is not part of this release")
+    export_eval_model: bool = setting(
+        False, "After training, write <model_dir>/saved_model: a SavedModel of the encoder, "
+        "projection head and linear probe that takes uint8 or float images of any size, applies "
+        "the evaluation preprocessing itself and returns backbone, projection and logits (README, "
+        "SavedModel export; docs/DECISIONS.md 19).")
+    export_train_model: bool = setting(
+        False, "Release option (SavedModel of the training graph).", allowed=(False,),
+        why="only the inference networks are exported (--export_eval_model); resume or fine-tune "
+            "from the checkpoint instead, docs/DECISIONS.md 19")
 
     def errors(self) -> list[str]:
         out = []
@@ -278,6 +312,13 @@ class Experiment:
     distribute: DistributeSettings = DistributeSettings()
     job: JobSettings = JobSettings()
 
+    def errors(self) -> list[str]:
+        b, n = self.run.train_batch_size, self.distribute.cpu_replicas
+        if b > 0 and n > 1 and b % n:
+            return [f"--train_batch_size={b} is not divisible by --cpu_replicas={n}; pass a "
+                    f"multiple of {n}."]
+        return []
+
     def warnings(self) -> list[str]:
         if self.run.train_mode == "finetune" and self.job.mode != "eval" \
                 and self.finetune.checkpoint is None:
@@ -291,7 +332,7 @@ class Experiment:
 RESUMABLE_CHANGES = frozenset({
     "train_steps", "train_epochs", "checkpoint_steps", "checkpoint_epochs", "keep_checkpoint_max",
     "train_summary_steps", "eval_batch_size", "eval_split", "deterministic", "knn_every_steps",
-    "knn_bank_split",
+    "knn_bank_split", "on_nonfinite",
     "use_tpu", "tpu_name", "tpu_zone", "gcp_project", "master", "cpu_replicas",
     "mode", "model_dir", "eval_timeout", "final_linear_eval", "final_eval_corruption_examples",
     "export_eval_model",

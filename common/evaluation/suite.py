@@ -145,6 +145,9 @@ def load_encoder(path: str) -> LoadedEncoder:
     ckpt = _resolve_checkpoint(path)
     config_path = os.path.join(os.path.dirname(ckpt), job.CONFIG_FILE)
     if not tf.io.gfile.exists(config_path):
+        from common.interop import release
+        if release.is_release_checkpoint(ckpt):
+            return _load_release_encoder(ckpt)
         raise EvaluationError(f"{config_path} is missing: the evaluation rebuilds the encoder from "
                               "the run's configuration, which every trainer of this project writes "
                               "there.")
@@ -163,6 +166,34 @@ def load_encoder(path: str) -> LoadedEncoder:
                                 ckpt)
     return LoadedEncoder(encoder=encoder, checkpoint=ckpt, step=int(step.numpy()), config=config,
                          build=build, resnet_cfg=resnet_cfg)
+
+
+def _load_release_encoder(ckpt: str) -> LoadedEncoder:
+    """The backbone of an original release checkpoint (`model/_resnet`, architecture from the
+    stored shapes), with a configuration of the release's defaults: ImageNet mean/std inputs,
+    image size 32 with a CIFAR stem and 224 otherwise (tools/evaluate.py --image_size changes it)."""
+    from common.cli import settings
+    from common.interop import release
+    from common.networks import resnet as resnet_lib
+    try:
+        stored = release.read(ckpt)
+        layout = release.infer_resnet(stored)
+
+        def build():
+            return resnet_lib.ResNet(layout.config, name="encoder")
+        encoder = build()
+        report = release.import_modules(stored, {"encoder": (encoder, "_resnet")}, layout.describe())
+    except release.ReleaseCheckpointError as e:
+        raise EvaluationError(str(e)) from e
+    cfg = layout.config
+    model = settings.ModelSettings(resnet_depth=cfg.depth, width_multiplier=cfg.width_multiplier,
+                                   sk_ratio=cfg.sk_ratio, se_ratio=cfg.se_ratio)
+    config = {"trainer": "release", "import_report": report.lines(), "config": {
+        "data": dataclasses.asdict(settings.DataSettings(image_size=32 if cfg.cifar_stem else 224)),
+        "augment": dataclasses.asdict(settings.AugmentSettings()),
+        "model": dataclasses.asdict(model)}}
+    return LoadedEncoder(encoder=encoder, checkpoint=ckpt, step=stored.step, config=config,
+                         build=build, resnet_cfg=cfg)
 
 
 @dataclasses.dataclass

@@ -12,6 +12,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from common.networks import layers
+from common.training import precision
 
 
 def _haiku_name(base: str, index: int) -> str:
@@ -53,13 +54,15 @@ class MLP(tf.Module):
         """x [B, in_dim] -> y [B, out_dim]; with return_hidden, (y, [h_1, ..., h_{L-1}]) where h_i
         [B, hidden_dim] are the post-ReLU hidden activations."""
         hiddens = []
-        h = x
+        # Mixed precision (common.training.precision): compute in the policy's dtype, return float32.
+        h = precision.to_compute(x)
         for linear, bn in zip(self.linears[:-1], self.batchnorms):
             h = tf.nn.relu(bn(linear(h), training))
-            hiddens.append(h)
+            hiddens.append(precision.to_float32(h))
         y = self.linears[-1](h)
         if self.output_batchnorm is not None:
             y = self.output_batchnorm(y, training)
+        y = precision.to_float32(y)
         return (y, hiddens) if return_hidden else y
 
     def haiku_param_map(self, prefix: str = "projector/") -> dict[str, tf.Variable]:

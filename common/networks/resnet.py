@@ -36,6 +36,7 @@ import functools
 import tensorflow as tf
 
 from common.networks import layers
+from common.training import precision
 
 _DEPTHS = {  # depth -> (blocks per group, bottleneck)
     18: ((2, 2, 2, 2), False),
@@ -386,7 +387,8 @@ class ResNet(tf.Module):
         if x.shape.rank != 4 or (x.shape[-1] is not None and x.shape[-1] != self.in_channels):
             raise ValueError(f"{self.name}: expected images [B, H, W, {self.in_channels}], got shape "
                              f"{x.shape}.")
-        h = x
+        # Mixed precision (common.training.precision): compute in the policy's dtype, return float32.
+        h = precision.to_compute(x)
         for conv, bn in zip(self.stem_convs, self.stem_batchnorms):
             h = tf.nn.relu(bn(conv(h), training))
         h = tf.nn.relu(self.initial_batchnorm(self.initial_conv(h), training))
@@ -396,11 +398,17 @@ class ResNet(tf.Module):
         for g, group in enumerate(self.block_groups):
             h = group(h, training)
             endpoints[f"block_group{g + 1}"] = h
-        pooled = tf.reduce_mean(h, axis=[1, 2])
+        pooled = precision.to_float32(tf.reduce_mean(h, axis=[1, 2]))
         if return_endpoints:
+            endpoints = {k: precision.to_float32(v) for k, v in endpoints.items()}
             endpoints["pooled"] = pooled
             return endpoints
         return pooled
+
+    def release_checkpoint_map(self, prefix: str = "model/_resnet/") -> dict[str, tf.Variable]:
+        """The module-level `release_checkpoint_map` of this network (every module of a method
+        exposes its release layout under this name)."""
+        return release_checkpoint_map(self, prefix)
 
 
 count_params = layers.count_params

@@ -52,6 +52,23 @@ def test_with_overrides_reaches_nested_fields_by_flag_name_and_keeps_the_rest():
         settings.with_overrides(base, no_such_flag=1)
 
 
+def test_parse_overrides_reads_trainer_flags_given_to_another_command():
+    """Tools that write a run of a trainer take its flags as --name=value items: typed by the
+    trainer's definitions (hand-written expectations), aliases translated, unknown ones refused."""
+    table = {"a": presets.small_scale(_Algo())}
+    got = flags_lib.parse_overrides(["--kappa_b=5", "--release_name=false", "--train_steps=7",
+                                     "--ft_proj_selector=-1"], table, "a", "toy")
+    assert got == {"kappa_b": 5.0, "release_name": False, "train_steps": 7,
+                   "probe_input": "projection"}
+    assert isinstance(got["kappa_b"], float) and isinstance(got["train_steps"], int)
+    with pytest.raises(flags_lib.FlagError, match="Unknown command line flag 'kappa'.*toy/train.py"):
+        flags_lib.parse_overrides(["--kappa=5"], table, "a", "toy")
+    with pytest.raises(flags_lib.FlagError, match="train_steps"):
+        flags_lib.parse_overrides(["--train_steps=seven"], table, "a", "toy")
+    with pytest.raises(flags_lib.FlagError, match="unexpected arguments"):
+        flags_lib.parse_overrides(["stray"], table, "a", "toy")
+
+
 def test_two_fields_claiming_one_flag_are_refused():
     @dataclasses.dataclass(frozen=True)
     class Clash:
@@ -116,6 +133,20 @@ def test_resume_guard_lists_every_difference_but_run_length(tmp_path):
         job.check_resumable(str(tmp_path), other)
     assert "optim.learning_rate: 4.0 -> 1.0" in str(e.value)
     assert "algorithm.ceb.kappa_b: 10.0 -> 2.0" in str(e.value)
+
+
+def test_resume_guard_takes_a_setting_newer_than_the_run_at_its_default(tmp_path):
+    """A config.json written before a setting existed: the run had the setting's default, so the
+    same default continues it and another value is refused (shown against the default)."""
+    cfg = presets.small_scale(_Algo())
+    job.write_config(str(tmp_path), "a", "a_small", cfg, ["train.py"])
+    stored = json.loads((tmp_path / "config.json").read_text())
+    del stored["config"]["model"]["mlp_hidden_bias"], stored["config"]["run"]["on_nonfinite"]
+    (tmp_path / "config.json").write_text(json.dumps(stored))
+    assert cfg.model.mlp_hidden_bias is False
+    job.check_resumable(str(tmp_path), cfg)
+    with pytest.raises(flags_lib.FlagError, match=r"model.mlp_hidden_bias: False -> True"):
+        job.check_resumable(str(tmp_path), settings.with_overrides(cfg, mlp_hidden_bias=True))
 
 
 def _strings_outside_docstrings(path: pathlib.Path):

@@ -11,7 +11,6 @@ import re
 
 import tensorflow as tf
 
-from common.training import checkpoints
 from common.networks import heads as heads_lib
 from common.training import method as method_lib
 from common.networks import resnet as resnet_lib
@@ -64,12 +63,14 @@ class Supervised(method_lib.Method):
                                   if _block_group(v.name) - first + 1 > k
                                   and "block_group" in v.name]
 
-    def load_pretrained(self) -> None:
-        """Reads the encoder from cfg.checkpoint (a pretraining checkpoint of any algorithm)."""
+    def load_pretrained(self, print_fn=print) -> None:
+        """Reads the encoder from cfg.checkpoint: a pretraining checkpoint of any algorithm of this
+        project, or one of the original release (its `model/_resnet`, with the import report
+        printed; the release also starts fine-tuning with a fresh classifier)."""
         if not self.cfg.checkpoint:
             return
-        ckpt = tf.train.Checkpoint(model=tf.train.Checkpoint(encoder=self.encoder))
-        checkpoints.restore_partial(ckpt, self.cfg.checkpoint)
+        from common.interop import loading
+        loading.initialise_method(self, self.cfg.checkpoint, only=("encoder",), print_fn=print_fn)
 
     def optimized_variables(self):
         return self._encoder_vars + list(self.probe.trainable_variables)

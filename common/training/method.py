@@ -45,6 +45,13 @@ class Method(tf.Module):
         """
         raise NotImplementedError
 
+    def release_modules(self) -> dict[str, str]:
+        """{attribute of this method: attribute of the original release's model} for every module
+        with a counterpart in the release's checkpoints (`common.interop.release` imports through
+        it; each module maps itself with its `release_checkpoint_map(prefix)`). Subclasses add
+        their heads."""
+        return {"encoder": "_resnet", "probe": "supervised_head"}
+
     def after_update(self, step: tf.Tensor) -> dict:
         """Runs after the optimizer step (EMA target update); returns extra scalar metrics."""
         del step

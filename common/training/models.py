@@ -76,6 +76,9 @@ class SharedEncoderMethod(method_lib.Method):
             feats = self.projector(feats, training=training)
         return feats
 
+    def release_modules(self):
+        return dict(super().release_modules(), projector="_projection_head")
+
     def ssl_loss(self, hidden, step, seed):
         """(loss, metrics) of the self-supervised objective on h [2B, out_dim], view 1 first."""
         raise NotImplementedError
@@ -152,6 +155,11 @@ class OnlineTargetMethod(method_lib.Method):
         return heads_lib.MLP(in_dim, h.hidden_dim, h.out_dim, num_layers=h.num_layers, bn=bn,
                              use_hidden_bias=h.use_hidden_bias, output_bn=output_bn,
                              kernel_init=h.kernel_init, name=name)
+
+    def release_modules(self):
+        # The release keeps the target projection head at `_target_head`.
+        return dict(super().release_modules(), projector="_projection_head",
+                    target_encoder="_target_resnet", target_projector="_target_head")
 
     def online_variables(self):
         """The online parameters the target averages, aligned with `target_variables`."""

@@ -164,32 +164,42 @@ class _Optimizer(tf.Module):
             out.append(g)
         return out
 
-    def apply_gradients(self, grads, lr) -> None:
+    def apply_gradients(self, grads, lr, skip=None) -> None:
         """Applies one step with learning rate `lr` (scalar) to every variable; increments `iterations`.
 
         Args:
           grads: one gradient per construction variable, same order and shapes, already reduced
             across replicas.
           lr: the learning rate, a float or a scalar tensor.
+          skip: None, or a scalar bool tensor (the same on every replica): when True no variable
+            or slot changes and only `iterations` advances (a float16 step whose gradients
+            overflowed, common.training.precision.LossScale).
         """
         grads = self._check_gradients(grads)
         lr = tf.convert_to_tensor(lr, dtype_hint=tf.float32)
         if not tf.distribute.has_strategy():
-            self._apply(_LocalUpdater(), grads, lr)
+            self._apply(_LocalUpdater(), grads, lr, skip)
         elif tf.distribute.in_cross_replica_context():
-            self._apply(tf.distribute.get_strategy().extended, grads, lr)
+            self._apply(tf.distribute.get_strategy().extended, grads, lr, skip)
         else:
             # Every replica holds the same reduced gradients; merge_call hands them to the strategy,
             # which runs each update on every device's copy of the variable and of its slots.
             tf.distribute.get_replica_context().merge_call(
-                lambda strategy, g, rate: self._apply(strategy.extended, g, rate), args=(grads, lr))
+                lambda strategy, g, rate, s: self._apply(strategy.extended, g, rate, s),
+                args=(grads, lr, skip))
 
-    def _apply(self, updater, grads, lr) -> None:
-        extra = self._step_constants()
-        for i, ref in enumerate(self._refs):
-            slots = tuple(getattr(self, s)[i] for s in self._SLOTS)
-            updater.update(ref.deref(), self._update_variable,
-                           args=(grads[i], lr, extra, i) + slots, group=False)
+    def _apply(self, updater, grads, lr, skip=None) -> None:
+        def update_all():
+            extra = self._step_constants()
+            for i, ref in enumerate(self._refs):
+                slots = tuple(getattr(self, s)[i] for s in self._SLOTS)
+                updater.update(ref.deref(), self._update_variable,
+                               args=(grads[i], lr, extra, i) + slots, group=False)
+
+        if skip is None:
+            update_all()
+        else:
+            tf.cond(skip, lambda: None, update_all)
         updater.update(self.iterations, lambda it: it.assign_add(1), group=False)
 
     def _step_constants(self):

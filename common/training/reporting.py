@@ -56,18 +56,24 @@ class Progress:
     """Prints `step a/b (p%) | x steps/s, y img/s | ETA | metric=value ...` and writes summaries."""
 
     def __init__(self, total_steps: int, batch_size: int, writer=None, start_step: int = 0,
-                 keys=("loss", "probe_acc"), print_fn=print):
+                 keys=("loss", "probe_acc"), print_fn=print, clock=time.perf_counter):
         self.total = total_steps
         self.batch_size = batch_size
         self.writer = writer
         self.keys = keys
         self.print_fn = print_fn
-        self._t0 = time.perf_counter()
+        self._clock = clock
+        self._t0 = clock()
         self._last_t = self._t0
         self._last_step = start_step
 
+    def restart(self, step: int) -> None:
+        """Starts the rate clock now at `step`: the next report's rate and ETA cover only the
+        steps after it (the trainer excludes the first step's tracing this way)."""
+        self._last_t, self._last_step = self._clock(), step
+
     def report(self, step: int, metrics: dict, extra: dict | None = None) -> dict:
-        now = time.perf_counter()
+        now = self._clock()
         dt = max(now - self._last_t, 1e-9)
         steps_per_s = (step - self._last_step) / dt
         scalars = dict(metrics)

@@ -20,6 +20,7 @@ from common.training import checkpoints
 from common.data import datasets as data_lib
 from common.training import distribute
 from common.training import optim as optim_lib
+from common.training import precision as precision_lib
 from common.training import reporting
 from common.training import schedules
 
@@ -42,6 +43,13 @@ class TrainConfig:
       eval_timeout_secs: the eval job gives up waiting for a new checkpoint after this long.
       jit_compile: compile the training step with XLA (faster on CPU and TPU; samples drawn by
         stateless random ops then differ from the non-XLA ones for the same seed).
+      precision: 'float32', 'bfloat16' or 'float16': the networks' compute dtype in the training
+        step (common.training.precision; variables, losses and optimizer stay float32; float16
+        adds dynamic loss scaling, whose skipped steps are not non-finite failures).
+      on_nonfinite: a NaN or Inf in the loss, a metric, a gradient or a variable after the update:
+        'stop' raises NonFiniteError naming the step and the first offending value, before any
+        checkpoint of that state; 'skip' undoes the step (weights, optimizer slots, BN statistics,
+        metric sums; the step counter and the input stream still advance) and counts it.
     """
     model_dir: str
     train_steps: int
@@ -55,14 +63,23 @@ class TrainConfig:
     seed: int = 0
     eval_timeout_secs: float = 3600.0
     jit_compile: bool = False
+    precision: str = "float32"
+    on_nonfinite: str = "stop"
 
     def __post_init__(self):
+        precision_lib.check(self.precision)
+        if self.on_nonfinite not in ("stop", "skip"):
+            raise ValueError(f"on_nonfinite must be 'stop' or 'skip', got {self.on_nonfinite!r}")
         for name in ("train_steps", "train_batch_size", "eval_batch_size", "steps_per_loop",
                      "checkpoint_steps", "keep_checkpoint_max"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.lr is None:
             raise ValueError("TrainConfig.lr (a schedules.LRConfig) is required")
+
+
+class NonFiniteError(RuntimeError):
+    """Training produced a NaN or Inf; the message names the step and the first offending value."""
 
 
 def step_seed(seed: int, step: tf.Tensor) -> tf.Tensor:
@@ -113,6 +130,7 @@ class Pretrainer:
                     if cfg.optim.exclude_probe or cfg.optim.lars_form == "release" else ()))
             self.metrics = reporting.MetricAccumulator(
                 tuple(self.method.metric_names) + ("loss", "learning_rate"))
+            self.loss_scale = (precision_lib.LossScale() if cfg.precision == "float16" else None)
         if dataset_fn is None:
             dataset_fn = lambda ctx, start_step: data_lib.pretrain_dataset(  # noqa: E731
                 data_cfg, aug_cfg, cfg.train_batch_size, ctx, start_step=start_step)
@@ -123,9 +141,11 @@ class Pretrainer:
         # run rebuilds the pipeline at the restored step (`iterator`).
         self.checkpoint = tf.train.Checkpoint(model=self.method, optimizer=self.optimizer,
                                               metrics=self.metrics)
-        self.manager = checkpoints.make_manager(
-            self.checkpoint, cfg.model_dir, cfg.keep_checkpoint_max,
-            step_counter=self.optimizer.iterations)
+        if self.loss_scale is not None:
+            self.checkpoint.loss_scale = self.loss_scale
+        self.manager = checkpoints.CheckpointKeeper(
+            self.checkpoint, cfg.model_dir, cfg.keep_checkpoint_max, print_fn=print_fn)
+        self._init_guards()
         self._step_fn = (tf.function(self._train_step, jit_compile=True) if cfg.jit_compile
                          else self._train_step)
         self._loop = tf.function(self._run_steps)
@@ -144,16 +164,26 @@ class Pretrainer:
             self._iterator = iter(dataset)
         return self._iterator
 
+    def use_dataset(self, dataset_fn: Callable) -> None:
+        """Feeds the following steps from `dataset_fn` ((input_context, start_step) -> per-replica
+        batches) instead of the current pipeline (tools/benchmark.py: a cached batch, then the
+        real pipeline, through the same traced loop)."""
+        self._dataset_fn = dataset_fn
+        self._iterator = None
+
     def _train_step(self, batch):
         # The step before this update, as a value: the optimizer increments its counter, and the
         # LR, beta and tau of this update all belong to the step it started from.
         step = self.optimizer.iterations.read_value()
         seed = step_seed(self.cfg.seed, step)
         with tf.GradientTape() as tape:
-            loss, metrics = self.method.loss(batch, step, seed)
+            with precision_lib.policy(self.cfg.precision):
+                loss, metrics = self.method.loss(batch, step, seed)
             # Each replica's loss is a mean over its own rows; dividing by the replica count and
             # summing the gradients gives the gradient of the global-batch mean.
             scaled = loss / tf.cast(distribute.num_replicas(), loss.dtype)
+            if self.loss_scale is not None:
+                scaled = self.loss_scale.scale_loss(scaled)
         grads = tape.gradient(scaled, self.variables)
         missing = [v.name for v, g in zip(self.variables, grads) if g is None]
         if missing:
@@ -161,17 +191,167 @@ class Pretrainer:
                              "do not influence the loss.")
         grads = distribute.all_reduce_sum(grads)
         lr = schedules.learning_rate(step, self.cfg.lr)
-        self.optimizer.apply_gradients(grads, lr)
+        skip = None
+        if self.loss_scale is not None:
+            grads, finite = self.loss_scale.unscale(grads)
+            self.loss_scale.update(finite)
+            skip = tf.logical_not(finite)
+            # An overflow under loss scaling is expected and skipped, not a non-finite failure.
+            grads = [tf.where(finite, g, tf.zeros_like(g)) for g in grads]
+        self.optimizer.apply_gradients(grads, lr, skip=skip)
         extra = self.method.after_update(step)
         metrics = dict(metrics)
         metrics.update(extra)
         metrics["loss"] = loss
         metrics["learning_rate"] = lr
         self.metrics.update(metrics)
+        return self._nonfinite_flags(metrics, grads)
 
     def _run_steps(self, iterator, num_steps):
         for _ in tf.range(num_steps):
-            self.strategy.run(self._step_fn, args=(next(iterator),))
+            if self._stop_requested.read_value():
+                break
+            backup = self._snapshot()
+            bad = self.strategy.run(self._step_fn, args=(next(iterator),))
+            if not self._after_step(bad, backup):
+                break
+
+    # -- Fault guards: non-finite values and SIGTERM. The checks run inside the compiled loop and
+    # -- write a few host-side variables that the host reads once per loop, never per step.
+
+    def _init_guards(self):
+        # Plain variables outside the strategy and outside the checkpoint.
+        self._stop_requested = tf.Variable(False, trainable=False, name="stop_requested")
+        self._bad_step = tf.Variable(tf.constant(-1, tf.int64), trainable=False, name="bad_step")
+        self._bad_item = tf.Variable(-1, trainable=False, name="bad_item")
+        self._skipped = tf.Variable(tf.constant(0, tf.int64), trainable=False, name="skipped")
+        self._check_names = ()
+        self._skipped_reported = 0
+        self.preempted = False
+        iterations = self.optimizer.iterations.ref()
+        # What a skipped step puts back: the model (weights, BN statistics, EMA target), the
+        # optimizer's slots and the metric sums. The step counter is left to advance, because the
+        # input position is the step.
+        self._undo_vars = ([] if self.cfg.on_nonfinite != "skip" else
+                           list(self.method.variables)
+                           + [v for v in self.optimizer.variables if v.ref() != iterations]
+                           + list(self.metrics.variables))
+
+    def _nonfinite_flags(self, metrics: dict, grads) -> tf.Tensor:
+        """float32 [K] (replica context): 1 where the loss, a metric, a gradient or a variable
+        after the update holds a NaN or Inf, else 0, in the order of `self._check_names`.
+
+        Each tensor is reduced to its sum and the K sums are tested with one is_finite: a NaN or
+        Inf anywhere makes the sum non-finite (a finite tensor whose float32 sum overflows,
+        |sum| > 3.4e38, also counts, and has no business in a training step either)."""
+        items = [("loss", metrics["loss"])]
+        items += [(f"metric {k}", metrics[k]) for k in sorted(metrics) if k != "loss"]
+        items += [(f"gradient of {v.name}", g) for v, g in zip(self.variables, grads)]
+        items += [(f"variable {v.name}", v) for v in self.method.variables]
+        self._check_names = tuple(name for name, _ in items)
+        sums = tf.stack([tf.cast(tf.reduce_sum(x), tf.float32) for _, x in items])
+        return tf.cast(tf.logical_not(tf.math.is_finite(sums)), tf.float32)
+
+    def _snapshot(self):
+        """The values a skipped step restores (cross-replica context; none with 'stop')."""
+        return [v.read_value() for v in self._undo_vars]
+
+    def _after_step(self, bad, backup):
+        """Cross-replica, after one step: records the first bad step ('stop') or undoes the step
+        and counts it ('skip'). Returns False when the loop must stop."""
+        bad = tf.add_n(self.strategy.experimental_local_results(bad))
+        ok = tf.reduce_all(tf.equal(bad, 0.0))
+        if self.cfg.on_nonfinite == "skip":
+            for v, b in zip(self._undo_vars, backup):
+                v.assign(tf.where(ok, v.read_value(), b))
+            self._skipped.assign_add(tf.cast(tf.logical_not(ok), tf.int64))
+            return True
+        first = tf.logical_and(tf.logical_not(ok), self._bad_step < 0)
+        self._bad_step.assign(tf.where(first, self.optimizer.iterations.read_value(),
+                                       self._bad_step))
+        self._bad_item.assign(tf.where(
+            first, tf.cast(tf.argmax(bad), tf.int32), self._bad_item))
+        return ok
+
+    def check_finite(self) -> None:
+        """Raises NonFiniteError when a step since the last check produced a NaN or Inf (host)."""
+        step = int(self._bad_step.numpy())
+        if step < 0:
+            return
+        name = self._check_names[int(self._bad_item.numpy())]
+        last = self.manager.latest_checkpoint
+        kept = (f"the last checkpoint, {os.path.basename(last)}, is from before it" if last
+                else "no checkpoint was written")
+        raise NonFiniteError(
+            f"Non-finite value (NaN or Inf) at step {step}: {name} is the first one; training "
+            f"stopped and {kept}. Lower --learning_rate, check the input data, or pass "
+            "--on_nonfinite=skip to skip such steps.")
+
+    def _guard_scalars(self) -> dict:
+        """Summaries of the guards: `nonfinite_skipped`, steps skipped so far (with 'skip')."""
+        if self.cfg.on_nonfinite != "skip":
+            return {}
+        skipped = self.skipped_steps
+        if skipped > self._skipped_reported:
+            self.print_fn(f"warning: skipped {skipped - self._skipped_reported} step(s) with a NaN "
+                          f"or Inf (--on_nonfinite=skip); {skipped} so far in this process.",
+                          flush=True)
+            self._skipped_reported = skipped
+        return {"nonfinite_skipped": skipped}
+
+    def _preempted_at(self, step: int) -> None:
+        self.preempted = True
+        self.print_fn(f"SIGTERM received: stopped at step {step} of {self.cfg.train_steps} with "
+                      f"checkpoint {self.manager.latest_checkpoint}; run the same command again "
+                      "to resume from it.", flush=True)
+
+    @property
+    def skipped_steps(self) -> int:
+        """Steps undone by --on_nonfinite=skip in this process."""
+        return int(self._skipped.numpy())
+
+    def _watch_sigterm(self):
+        """Context manager: while training, SIGTERM sets `_stop_requested`, which the compiled loop
+        reads before each step, so the run stops at the next step boundary even in the middle of a
+        long loop. A Python handler alone would only run once the loop returns; the signal's byte
+        on signal.set_wakeup_fd wakes a thread that sets the variable at once."""
+        import contextlib
+        import signal
+        import threading
+
+        @contextlib.contextmanager
+        def watch():
+            if threading.current_thread() is not threading.main_thread():
+                yield  # signal handlers can only be installed from the main thread
+                return
+            read_fd, write_fd = os.pipe()
+            os.set_blocking(write_fd, False)
+
+            def handler(signum, frame):
+                del signum, frame
+                self._stop_requested.assign(True)
+
+            def wake():
+                while True:
+                    data = os.read(read_fd, 16)
+                    if not data:
+                        return
+                    if signal.SIGTERM in data:
+                        self._stop_requested.assign(True)
+
+            previous = signal.signal(signal.SIGTERM, handler)
+            previous_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+            thread = threading.Thread(target=wake, daemon=True, name="sigterm-watch")
+            thread.start()
+            try:
+                yield
+            finally:
+                signal.set_wakeup_fd(previous_fd)
+                signal.signal(signal.SIGTERM, previous)
+                os.close(write_fd)
+                thread.join(timeout=5)
+                os.close(read_fd)
+        return watch()
 
     def run_steps(self, num_steps: int, batches=None) -> None:
         """Runs `num_steps` optimizer steps (no checkpoint, no report; metrics accumulate).
@@ -183,16 +363,25 @@ class Pretrainer:
         if batches is None:
             if num_steps > 0:
                 self._loop(self.iterator, tf.constant(num_steps, tf.int32))
+                self.check_finite()
             return
         batches = list(batches)
         if len(batches) != num_steps:
             raise ValueError(f"run_steps({num_steps}) got {len(batches)} batches; pass one per step.")
         for batch in batches:
-            self.strategy.run(self._step_fn, args=(batch,))
+            backup = self._snapshot()
+            self._after_step(self.strategy.run(self._step_fn, args=(batch,)), backup)
+        self.check_finite()
 
     def restore(self) -> int:
-        """Resumes from the newest checkpoint in model_dir, if any; returns the step."""
-        path = checkpoints.restore_latest(self.checkpoint, self.manager)
+        """Resumes from the newest intact checkpoint in model_dir, if any; returns the step.
+
+        Restores once per Pretrainer (the job restores before writing anything, then train()
+        continues from there); later calls only return the step."""
+        if getattr(self, "_restored", False):
+            return self.step
+        self._restored = True
+        path = self.manager.restore_latest()
         if path:
             self._iterator = None  # rebuilt at the restored step
             self.print_fn(f"Resumed from {path} at step {self.step}.")
@@ -203,7 +392,15 @@ class Pretrainer:
 
         hooks: (every_steps, fn) pairs; fn(step, writer) runs after every multiple of every_steps
           (a monitor such as a kNN evaluation, written to the train summaries), outside the step.
+
+        SIGTERM stops the run at the next step boundary with a checkpoint of that step and sets
+        `self.preempted`; a NaN or Inf raises NonFiniteError (cfg.on_nonfinite='stop') before any
+        checkpoint of that state is written.
         """
+        with self._watch_sigterm():
+            return self._train(hooks)
+
+    def _train(self, hooks) -> dict:
         cfg = self.cfg
         start = self.restore()
         writer = tf.summary.create_file_writer(os.path.join(cfg.model_dir, "train"))
@@ -217,15 +414,31 @@ class Pretrainer:
             boundaries = [cfg.checkpoint_steps] + [every for every, _ in hooks]
             n = min([cfg.steps_per_loop, cfg.train_steps - step]
                     + [(step // b + 1) * b - step for b in boundaries])
+            if step == start:
+                # The first call traces (and with XLA compiles) the loop and starts the input
+                # pipeline: run one step alone, say how long it took, and start the rate clock
+                # after it, so rates and ETA describe steady-state steps only.
+                t0 = time.perf_counter()
+                self.run_steps(1)
+                self.print_fn(f"start-up (graph tracing, compilation, input pipeline and step "
+                              f"{start + 1}): {time.perf_counter() - t0:.1f}s, excluded from the "
+                              f"rates and ETA", flush=True)
+                progress.restart(start + 1)
+                n -= 1
             self.run_steps(n)
             step = self.step
-            last = progress.report(step, self.metrics.result())
+            last = progress.report(step, self.metrics.result(), self._guard_scalars())
             self.metrics.reset()
             for every, fn in hooks:
                 if step % every == 0:
                     fn(step, writer)
             if step % cfg.checkpoint_steps == 0 or step >= cfg.train_steps:
                 self.manager.save(checkpoint_number=step)
+            elif self._stop_requested.numpy():
+                self.manager.save(checkpoint_number=step)
+            if self._stop_requested.numpy():
+                self._preempted_at(step)
+                break
         writer.close()
         return last
 
@@ -290,7 +503,15 @@ def eval_checkpoints(method_fn: Callable, cfg: TrainConfig, data_cfg: data_lib.D
         paths = tf.train.checkpoints_iterator(cfg.model_dir, min_interval_secs=1,
                                               timeout=cfg.eval_timeout_secs)
     for path in paths:
-        ckpt.restore(path).expect_partial()
+        try:
+            ckpt.restore(path).expect_partial()
+        except Exception as e:  # noqa: BLE001 -- deleted (NotFound), rewritten (DataLoss, IndexError)
+            # The training job prunes and rewrites checkpoints while this job reads them: one that
+            # vanished or changed under the reader is skipped; the next one is awaited.
+            print_fn(f"warning: skipping checkpoint {path}: it was deleted or rewritten while "
+                     f"being read ({checkpoints.first_line(e)}); waiting for the next one.",
+                     flush=True)
+            continue
         s = int(step.numpy())
         t0 = time.perf_counter()
         result = evaluate_probe(method, strategy, data_cfg, aug_cfg, split, cfg.eval_batch_size)

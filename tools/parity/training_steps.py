@@ -61,10 +61,10 @@ class _Recorder:
         self.targets = []
         apply, probe_loss, target = optimizer.apply_gradients, method.probe_loss, method.target
 
-        def recording_apply(grads, lr):
+        def recording_apply(grads, lr, skip=None):
             self.grads = [tf.identity(g) for g in grads]
             self.lr = tf.identity(lr)
-            return apply(grads, lr)
+            return apply(grads, lr, skip=skip)
 
         def recording_probe_loss(features, labels):
             self.logits = method.probe(tf.stop_gradient(features))
