@@ -123,16 +123,11 @@ class LoadedEncoder:
 
 
 def _resolve_checkpoint(path: str) -> str:
-    if tf.io.gfile.isdir(path):
-        latest = tf.train.latest_checkpoint(path)
-        if latest is None:
-            raise EvaluationError(f"No checkpoint in {path}; pass a model_dir that holds one or a "
-                                  "ckpt-N prefix.")
-        return latest
-    if not tf.io.gfile.exists(path + ".index"):
-        raise EvaluationError(f"No checkpoint at {path} (missing {path}.index); pass a ckpt-N "
-                              "prefix or the model_dir of a run.")
-    return path
+    from common.training import checkpoints
+    try:
+        return checkpoints.resolve(path)
+    except checkpoints.CheckpointError as e:
+        raise EvaluationError(str(e)) from e
 
 
 def load_encoder(path: str) -> LoadedEncoder:

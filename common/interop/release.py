@@ -29,6 +29,7 @@ import numpy as np
 import tensorflow as tf
 
 from common.interop import features as features_lib
+from common.training import checkpoints
 from common.networks import heads as heads_lib
 from common.networks import layers
 from common.networks import resnet as resnet_lib
@@ -51,16 +52,10 @@ class ReleaseCheckpointError(ValueError):
 
 def resolve(path: str) -> str:
     """A ckpt-N prefix from a prefix or a directory holding a `checkpoint` state file."""
-    if tf.io.gfile.isdir(path):
-        latest = tf.train.latest_checkpoint(path)
-        if latest is None:
-            raise ReleaseCheckpointError(f"no checkpoint in directory {path}: pass a ckpt-N prefix "
-                                         "or a directory whose 'checkpoint' file names one.")
-        return latest
-    if not tf.io.gfile.exists(path + ".index"):
-        raise ReleaseCheckpointError(f"no checkpoint at {path} (missing {path}.index): pass a "
-                                     "ckpt-N prefix or a directory that holds one.")
-    return path
+    try:
+        return checkpoints.resolve(path)
+    except checkpoints.CheckpointError as e:
+        raise ReleaseCheckpointError(str(e)) from e
 
 
 @dataclasses.dataclass(frozen=True)

@@ -236,20 +236,28 @@ class CheckpointKeeper:
             tf.io.gfile.rmtree(temp)
 
 
+def resolve(path: str) -> str:
+    """The ckpt-N prefix `path` names: itself, or the newest checkpoint of a directory (its
+    `checkpoint` state file). Raises CheckpointError when there is none."""
+    if tf.io.gfile.isdir(path):
+        latest = tf.train.latest_checkpoint(path)
+        if latest is None:
+            raise CheckpointError(f"No checkpoint in directory {path}; pass a ckpt-N prefix or a "
+                                  "directory whose 'checkpoint' file names one.")
+        return latest
+    if not tf.io.gfile.exists(path + ".index"):
+        raise CheckpointError(f"No checkpoint at {path} (missing {path}.index); pass a ckpt-N "
+                              "prefix or a directory that holds one.")
+    return path
+
+
 def restore_partial(checkpoint: tf.train.Checkpoint, path: str) -> None:
     """Restores what `checkpoint` and the file at `path` have in common (fine-tuning, evaluation).
 
     Raises CheckpointError when no variable of the model was found at all, the usual sign of a wrong
     path or another model's checkpoint.
     """
-    if tf.io.gfile.isdir(path):
-        latest = tf.train.latest_checkpoint(path)
-        if latest is None:
-            raise CheckpointError(f"No checkpoint in directory {path}; pass a ckpt-N path or a "
-                                  "model_dir that holds one.")
-        path = latest
-    if not tf.io.gfile.exists(path + ".index"):
-        raise CheckpointError(f"No checkpoint at {path} (missing {path}.index).")
+    path = resolve(path)
     status = checkpoint.restore(path)
     try:
         status.assert_nontrivial_match()
