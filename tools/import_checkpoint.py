@@ -47,7 +47,10 @@ def convert(checkpoint: str, trainer: str, model_dir: str, preset: str | None = 
     if preset not in spec.presets:
         raise ImportRefused(f"--config={preset}: choose one of {sorted(spec.presets)}.")
     ckpt = release.read(checkpoint)
-    layout = release.infer_resnet(ckpt)
+    # A ratio the shapes cannot pin down (the selective kernel's floor of 32 channels) is taken
+    # from the trainer flags given here, as the refusal's message advises.
+    layout = release.infer_resnet(ckpt, **{k: flag_overrides[k] for k in ("sk_ratio", "se_ratio")
+                                           if k in flag_overrides})
     r = layout.config
     if not layout.expressible:
         raise ImportRefused(f"{ckpt.path} holds {layout.describe()}, which --resnet_depth and "

@@ -42,6 +42,7 @@ _COUNTERS = ("global_step", "finetune_global_step", "save_counter")
 _OPTIONAL = frozenset({"supervised_head"})
 _IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 _IMAGENET_INV_STD = np.float32(1) / np.array([0.229, 0.224, 0.225], np.float32)
+_USUAL_SK_RATIO = 0.0625  # the selective-kernel ratio of the published SK networks
 OVERRIDES = ("resnet_depth", "width_multiplier", "cifar_stem", "sk_ratio", "se_ratio",
              "image_size", "normalize")
 
@@ -168,6 +169,26 @@ def _count_blocks(shapes: dict, attr: str) -> tuple:
     return tuple(blocks)
 
 
+def _infer_ratio(shapes: dict, attr: str, inner: list, layer: str, flag: str, preferred: tuple,
+                 width: Callable) -> float:
+    """The ratio r with width(f, r) == the stored output width of every '<layer>/kernel' (a 1x1
+    conv kernel [1, 1, in, width]) in block group g (inner width inner[g]); candidates in order:
+    `preferred`, then width / f of each group."""
+    widths = []
+    for k, shape in shapes.items():
+        m = re.match(rf"block_groups/(\d+)/layers/\d+/.*\b{layer}/kernel$", k)
+        if m:
+            widths.append((inner[int(m.group(1))], shape[-1]))
+    candidates = list(preferred) + [w / f for f, w in sorted(set(widths))]
+    for r in candidates:
+        if all(width(f, r) == w for f, w in widths):
+            return float(r)
+    f, w = next((f, w) for f, w in widths if width(f, candidates[0]) != w)
+    raise ReleaseCheckpointError(
+        f"model/{attr}: no single {flag} gives every block its stored '{layer}' width (e.g. {w} "
+        f"for inner width {f}); pass --{flag} with the value the checkpoint was trained with.")
+
+
 def infer_resnet(ckpt: ReleaseCheckpoint, attr: str = "_resnet", resnet_depth: int | None = None,
                  width_multiplier: float | None = None, cifar_stem: bool | None = None,
                  sk_ratio: float | None = None, se_ratio: float | None = None,
@@ -177,8 +198,14 @@ def infer_resnet(ckpt: ReleaseCheckpoint, attr: str = "_resnet", resnet_depth: i
 
     Depth: blocks per group and block type (bottleneck keys 'conv_relu_dropblock_layers');
     width: the first group's inner width / 64 (absolute channel counts when the groups do not
-    follow one multiplier); stem: a 3x3 first conv = CIFAR stem, 7x7 = ImageNet stem. Selective
-    kernels / ResNet-D and squeeze-excitation (SimCLRv2's options) are refused with the reason.
+    follow one multiplier); stem: a 3x3 first conv = CIFAR stem, 7x7 = ImageNet stem, three 3x3
+    convs = ResNet-D stem. SimCLRv2's options: selective kernels (sk_ratio > 0: keys 'conv2d_0',
+    the ResNet-D stem or average-pool shortcuts) and squeeze-excitation (se_ratio > 0: keys
+    'se_reduce'). Their widths are max(int(f * sk_ratio), 32) and max(1, int(f * se_ratio)) for a
+    block of inner width f, so a ratio is read back as the first of (SimCLRv2's value, width / f
+    of each group) that gives every block its stored width; the floor of 32 often hides
+    sk_ratio (every r with int(f * r) <= 32 in all groups builds the same network), and
+    SimCLRv2's 0.0625 is taken then. No ratio fitting every block: ReleaseCheckpointError naming the flag that fixes it.
     BN: the release's (Keras semantics, momentum 0.9, eps 1e-5).
     """
     del image_size  # the stem is read from the shapes; image_size only sizes inputs
@@ -204,19 +231,17 @@ def infer_resnet(ckpt: ReleaseCheckpoint, attr: str = "_resnet", resnet_depth: i
     selective = resnet_d_stem or any(
         re.search(r"/(conv2d_fixed_padding|conv2d_0)/|(projection|shortcut)_layers/[12]/conv2d/", k)
         for k in s)
-    excite = any("se_reduce" in k for k in s)
-    if selective or excite or (sk_ratio or 0) > 0 or (se_ratio or 0) > 0:
-        kinds = " and ".join(["selective kernels with ResNet-D (sk_ratio > 0)"] * bool(
-            selective or (sk_ratio or 0) > 0) + ["squeeze-excitation (se_ratio > 0)"] * bool(
-            excite or (se_ratio or 0) > 0))
-        raise ReleaseCheckpointError(
-            f"model/{attr} uses {kinds}; importing those layouts is not supported: their object "
-            "paths in the release's checkpoints have not been checked against checkpoints written "
-            "by the original code. Plain ResNets (sk_ratio = se_ratio = 0) import.")
+    if sk_ratio is None and selective:
+        sk_ratio = _infer_ratio(s, attr, inner, "conv2d_0", "sk_ratio", (_USUAL_SK_RATIO,),
+                                lambda f, r: max(int(f * r), resnet_lib._SK_MIN_DIM))
+    if se_ratio is None and any(k.endswith("se_reduce/kernel") for k in s):
+        se_ratio = _infer_ratio(s, attr, inner, "se_reduce", "se_ratio", (0.25,),
+                                lambda f, r: max(1, int(f * r)))
     depth = next((d for d, (b, bn) in resnet_lib._DEPTHS.items() if b == blocks and bn == bottleneck),
                  None)
     expansion = 4 if bottleneck else 1
-    kw = dict(cifar_stem=inferred_cifar if cifar_stem is None else cifar_stem)
+    kw = dict(cifar_stem=inferred_cifar if cifar_stem is None else cifar_stem,
+              sk_ratio=sk_ratio or 0.0, se_ratio=se_ratio or 0.0)
     if resnet_depth is not None:
         depth_kw = dict(depth=resnet_depth)
     elif depth is not None:
@@ -314,13 +339,21 @@ def _module_variables(module: tf.Module) -> list:
     return list(module.variables)
 
 
+def _fits(stored: list, wanted: list) -> bool:
+    """Same shape, or a 1x1 convolution kernel [1, 1, in, out] for a Dense matrix [in, out] (the
+    release's squeeze-excite and selective-kernel attention layers are 1x1 convs on pooled
+    features; the project's are Dense layers, the same map)."""
+    return list(stored) == wanted or (len(wanted) == 2 and list(stored) == [1, 1] + wanted)
+
+
 def import_modules(ckpt: ReleaseCheckpoint, modules: dict, architecture: str = "") -> ImportReport:
     """Assigns release arrays to project modules and reports.
 
     modules: {name: (module, release attribute)}; each module maps itself with
       `module.release_checkpoint_map('model/<attr>/')`.
     A module whose attribute the checkpoint lacks keeps its initialisation (reported as missing);
-    one the checkpoint holds must match it key for key and shape for shape, or the import refuses
+    one the checkpoint holds must match it key for key and shape for shape (a 1x1 conv kernel
+    [1, 1, in, out] fills a Dense matrix [in, out]), or the import refuses
     (ReleaseCheckpointError naming the first mismatching variable and both shapes) and assigns
     nothing. The classifier (`supervised_head`) is the exception: on a shape mismatch it is left
     out and reported.
@@ -341,7 +374,7 @@ def import_modules(ckpt: ReleaseCheckpoint, modules: dict, architecture: str = "
                 f"({len(absent)} of {len(pmap)} arrays missing).{hint} Pass the architecture it "
                 "was trained with.")
         bad = [(k, ckpt.variables[k], v.shape.as_list()) for k, v in pmap.items()
-               if list(ckpt.variables[k]) != v.shape.as_list()]
+               if not _fits(ckpt.variables[k], v.shape.as_list())]
         if bad:
             k, stored, wanted = bad[0]
             if attr in _OPTIONAL:
@@ -362,7 +395,7 @@ def import_modules(ckpt: ReleaseCheckpoint, modules: dict, architecture: str = "
     used, loaded = set(), []
     for name, attr, pmap in plans:
         for key, var in pmap.items():
-            var.assign(reader.get_tensor(key + SUFFIX))
+            var.assign(np.reshape(reader.get_tensor(key + SUFFIX), var.shape))
         used.update(pmap)
         loaded.append(f"{name} <- model/{attr} ({len(pmap)} arrays)")
     left: dict = {}
@@ -389,8 +422,13 @@ def import_into_method(method, path: str, only: tuple | None = None,
         wanted = {k: v for k, v in wanted.items() if k in only}
     modules = {name: (getattr(method, name), attr) for name, attr in wanted.items()
                if getattr(method, name, None) is not None}
-    layout = infer_resnet(ckpt)
-    arch = layout.describe() + (f" (the trainers' {layout.flags()})" if layout.flags() else "")
+    # The method's own config decides the import; the inferred layout only words a refusal (and a
+    # ratio the shapes cannot pin down must not stop a method that was given it).
+    try:
+        layout = infer_resnet(ckpt)
+        arch = layout.describe() + (f" (the trainers' {layout.flags()})" if layout.flags() else "")
+    except ReleaseCheckpointError:
+        arch = ""
     report = import_modules(ckpt, modules, arch)
     if print_fn is not None:
         print_fn(str(report), flush=True)
@@ -458,7 +496,12 @@ def load(path: str, print_fn: Callable | None = None, **overrides):
         if sup is not None:
             classifier = heads_lib.LinearHead(sup[0], sup[1], name="classifier")
             modules["classifier"] = (classifier, "supervised_head")
-    stored = infer_resnet(ckpt) if any(v is not None for v in arch.values()) else layout
+    stored = layout
+    if any(v is not None for v in arch.values()):
+        try:
+            stored = infer_resnet(ckpt)
+        except ReleaseCheckpointError:  # a ratio only the override fixes: describe what was built
+            pass
     report = import_modules(ckpt, modules, stored.describe())
     if print_fn is not None:
         print_fn(str(report), flush=True)

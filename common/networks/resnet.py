@@ -448,30 +448,63 @@ def release_checkpoint_map(resnet: ResNet, prefix: str = "model/_resnet/") -> di
     """Object path in the original release's checkpoints (without '/.ATTRIBUTES/VARIABLE_VALUE')
     -> variable, e.g. 'model/_resnet/block_groups/0/layers/0/conv_relu_dropblock_layers/0/conv2d/kernel'.
 
-    Layout (SimCLR TF2 resnet.py): stem 'initial_conv_relu_max_pool/0/conv2d/kernel' and
-    '.../2/bn/{gamma,beta,moving_mean,moving_variance}'; bottleneck blocks
-    'conv_relu_dropblock_layers/{0,3,6}/conv2d/kernel' + '{1,4,7}/bn/*' and
-    'projection_layers/{0/conv2d/kernel, 1/bn/*}'; basic blocks 'conv2d_bn_layers/{0,2}' + '{1,3}'
-    and 'shortcut_layers/{0,1}'. Use with `layers.assign_from_checkpoint`; '_target_resnet/' for
-    the EMA target. Kernels are HWIO on both sides.
+    Layout (SimCLR TF2 resnet.py, where the index is the position in a Keras layer list and
+    DropBlock, identity and pooling layers take positions without holding variables):
+      stem 'initial_conv_relu_max_pool/': plain or CIFAR '0/conv2d/kernel' + '2/bn/{gamma, beta,
+        moving_mean, moving_variance}'; ResNet-D (sk_ratio > 0) convs 0, 2, 4 + BNs 1, 3, 6;
+      bottleneck 'conv_relu_dropblock_layers/': convs 0, 3, 6 + BNs 1, 4, 7, squeeze-excite 9;
+        with selective kernels the 3x3 conv is '3/' ('conv2d_fixed_padding/conv2d/kernel',
+        'batch_norm_relu/bn', 'conv2d_0/kernel' (attention reduce), 'batch_norm_relu_1/bn',
+        'conv2d_1/kernel' (attention expand)), the last conv 5 + BN 6, squeeze-excite 8;
+      basic 'conv2d_bn_layers/': convs 0, 2 + BNs 1, 3, squeeze-excite 'se_layer/';
+      squeeze-excite '{se_reduce, se_expand}/{kernel, bias}';
+      shortcut ('projection_layers/' bottleneck, 'shortcut_layers/' basic): conv 0 + BN 1; with
+        ResNet-D a padding (stride 2 only) and the average pool come first: conv 2 + BN 3 at
+        stride 2, conv 1 + BN 2 at stride 1.
+    Kernels are HWIO on both sides, except the selective-kernel attention and squeeze-excite
+    kernels: 1x1 convolution kernels [1, 1, in, out] there, Dense matrices [in, out] here
+    (`common.interop.release.import_modules` reshapes them). Use '_target_resnet/' for the EMA
+    target. Plain networks work with `layers.assign_from_checkpoint` as well.
     """
-    if resnet.cfg.sk_ratio > 0 or resnet.cfg.se_ratio > 0:
-        raise ValueError("release_checkpoint_map covers the plain ResNet (sk_ratio = se_ratio = 0), "
-                         "the layout of every released checkpoint.")
     stem = f"{prefix}initial_conv_relu_max_pool/"
-    out = {f"{stem}0/conv2d/kernel": resnet.initial_conv.w}
-    out.update(layers.release_entries(resnet.initial_batchnorm, f"{stem}2/bn"))
+    out = {}
+    if resnet.stem_convs:
+        for k, (conv, bn) in enumerate(zip(resnet.stem_convs, resnet.stem_batchnorms)):
+            out[f"{stem}{2 * k}/conv2d/kernel"] = conv.w
+            out.update(layers.release_entries(bn, f"{stem}{2 * k + 1}/bn"))
+        out[f"{stem}4/conv2d/kernel"] = resnet.initial_conv.w
+        out.update(layers.release_entries(resnet.initial_batchnorm, f"{stem}6/bn"))
+    else:
+        out[f"{stem}0/conv2d/kernel"] = resnet.initial_conv.w
+        out.update(layers.release_entries(resnet.initial_batchnorm, f"{stem}2/bn"))
     for g, group in enumerate(resnet.block_groups):
         for j, block in enumerate(group.blocks):
             base = f"{prefix}block_groups/{g}/layers/{j}/"
             if block.bottleneck:
-                seq, stride, proj = "conv_relu_dropblock_layers", 3, "projection_layers"
+                seq, step, proj = f"{base}conv_relu_dropblock_layers/", 3, "projection_layers"
             else:
-                seq, stride, proj = "conv2d_bn_layers", 2, "shortcut_layers"
+                seq, step, proj = f"{base}conv2d_bn_layers/", 2, "shortcut_layers"
+            sk = block.selective_kernel
             for k, (conv, bn) in enumerate(zip(block.convs, block.batchnorms)):
-                out[f"{base}{seq}/{stride * k}/conv2d/kernel"] = conv.w
-                out.update(layers.release_entries(bn, f"{base}{seq}/{stride * k + 1}/bn"))
+                # The selective-kernel layer stands in for the 3x3 conv and its BN (one list
+                # position where they took two), so the last 1x1 conv sits at 5, not at 6.
+                pos = step * k + (step - 1 if sk is not None and k > 0 else 0)
+                out[f"{seq}{pos}/conv2d/kernel"] = conv.w
+                out.update(layers.release_entries(bn, f"{seq}{pos + 1}/bn"))
+            if sk is not None:
+                out[f"{seq}3/conv2d_fixed_padding/conv2d/kernel"] = sk.conv.w
+                out.update(layers.release_entries(sk.batchnorm, f"{seq}3/batch_norm_relu/bn"))
+                out[f"{seq}3/conv2d_0/kernel"] = sk.attention_reduce.w
+                out.update(layers.release_entries(sk.attention_batchnorm, f"{seq}3/batch_norm_relu_1/bn"))
+                out[f"{seq}3/conv2d_1/kernel"] = sk.attention_expand.w
+            se = block.squeeze_excite
+            if se is not None:
+                se_base = f"{seq}{8 if sk is not None else 9}/" if block.bottleneck else f"{base}se_layer/"
+                for part in (se.se_reduce, se.se_expand):
+                    out[f"{se_base}{part.name}/kernel"] = part.w
+                    out[f"{se_base}{part.name}/bias"] = part.b
             if block.shortcut_conv is not None:
-                out[f"{base}{proj}/0/conv2d/kernel"] = block.shortcut_conv.w
-                out.update(layers.release_entries(block.shortcut_batchnorm, f"{base}{proj}/1/bn"))
+                pos = (2 if block.stride > 1 else 1) if block.resnet_d else 0
+                out[f"{base}{proj}/{pos}/conv2d/kernel"] = block.shortcut_conv.w
+                out.update(layers.release_entries(block.shortcut_batchnorm, f"{base}{proj}/{pos + 1}/bn"))
     return out

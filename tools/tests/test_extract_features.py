@@ -27,7 +27,10 @@ def _check(out, f):
             assert err <= 1e-4, f"{ours}: relative error {err:.2e}"
 
 
-@pytest.mark.parametrize("name,batch_size", [("csimclr_r18_s32", 3), ("cbyol_r50_s64", 4)])
+@pytest.mark.parametrize("name,batch_size", [
+    ("csimclr_r18_s32", 3), ("cbyol_r50_s64", 4),
+    # Same loader as common/tests/test_release_import_sk_se.py (which CI runs); ~5 s more here.
+    pytest.param("csimclr_r50_sk_se_s64", 4, marks=pytest.mark.slow)])
 def test_function_reproduces_the_fixtures_in_batches(name, batch_size):
     f = np.load(FIXTURES / name / "features.npz")
     model = ef.load_model(str(FIXTURES / name))
