@@ -131,6 +131,29 @@ def run_train_py(package: str, *flags: str, timeout: int = 600):
                           text=True, timeout=timeout)
 
 
+def run_job(spec, *argv: str) -> tuple:
+    """`common.cli.job.main` of the TrainerSpec `spec` on the flags argv, in-process (no TF import
+    per run); returns (exit status, stderr, stdout), status 0 when the job returns."""
+    import contextlib
+    import io
+
+    from absl import flags
+
+    from common.cli import flags as flags_lib
+    from common.cli import job
+    fv = flags.FlagValues()
+    flags_lib.define(fv, spec.presets, spec.default_preset)
+    fv(["train.py", *argv])
+    err, out = io.StringIO(), io.StringIO()
+    code = 0
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+        try:
+            job.main(spec, fv, ["train.py", *argv])
+        except SystemExit as e:
+            code = e.code
+    return code, err.getvalue(), out.getvalue()
+
+
 def train_resume_eval(package: str, model_dir: str, *extra: str) -> dict:
     """The life of a small run: 2 steps, a resumed run to 4 steps with evaluation, then the eval
     job, which must find the final checkpoint and exit. Returns the parsed result.json and logs."""

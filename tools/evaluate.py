@@ -29,6 +29,9 @@ flags.DEFINE_string("data_dir", None, "TFDS data directory (default: the checkpo
 flags.DEFINE_string("train_split", None, "Split the classifiers are fitted on (default: the "
                     "checkpoint's training split).")
 flags.DEFINE_string("eval_split", None, "Split the evaluations report (default: the checkpoint's).")
+flags.DEFINE_enum("on_bad_image", None, ["stop", "skip"], "An image that cannot be decoded or "
+                  "has the wrong shape: stop naming it, or skip and count it (default: the "
+                  "checkpoint's run, else stop).")
 flags.DEFINE_integer("eval_batch_size", 500, "Global batch of feature extraction.")
 flags.DEFINE_enum("linear_protocol", "auto", ["auto", "logistic", "sgd"],
                   "auto: logistic regression on cached features up to 200k training examples, the "
@@ -105,15 +108,16 @@ def main(argv) -> None:
         run = loaded.config["config"]
         data = dataclasses.replace(
             settings.DataSettings(**run["data"]),
-            **{k: getattr(FLAGS, k) for k in ("dataset", "data_dir", "train_split", "eval_split")
-               if FLAGS[k].present})
+            **{k: getattr(FLAGS, k) for k in ("dataset", "data_dir", "train_split", "eval_split",
+                                              "on_bad_image") if FLAGS[k].present})
         if FLAGS.image_size:
             data = dataclasses.replace(data, image_size=FLAGS.image_size)
         if FLAGS["dataset"].present and not FLAGS["data_dir"].present:
             data = dataclasses.replace(data, data_dir=None)
         data_cfg = datasets.DataConfig(dataset=data.dataset, data_dir=data.data_dir,
                                        train_split=data.train_split, eval_split=data.eval_split,
-                                       image_size=data.image_size, seed=FLAGS.seed)
+                                       image_size=data.image_size, seed=FLAGS.seed,
+                                       on_bad_image=data.on_bad_image)
         aug_cfg = job.augment_config(settings.AugmentSettings(**run["augment"]), data.image_size)
         strategy = distribute.get_strategy(distribute.DistributeConfig(
             use_tpu=FLAGS.use_tpu, tpu_name=FLAGS.tpu_name, cpu_replicas=FLAGS.cpu_replicas))
@@ -127,7 +131,15 @@ def main(argv) -> None:
         record = suite.run_suite(loaded, data_cfg, aug_cfg, cfg, output_dir, strategy)
     except (suite.EvaluationError, datasets.DataError, checkpoints.CheckpointError) as e:
         _die(str(e))
+    except Exception as e:  # a pipeline's BadImageError reaches here as a tf.errors.OpError
+        message = datasets.bad_image_message(e)
+        if message is None:
+            raise
+        _die(message)
     print("\n" + suite.markdown_table(record), flush=True)
+    if datasets.skipped_images():
+        print(f"skipped {datasets.skipped_images()} bad image(s) (--on_bad_image=skip).",
+              flush=True)
 
 
 if __name__ == "__main__":

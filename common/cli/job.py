@@ -63,7 +63,8 @@ def data_config(cfg: Experiment):
     d = cfg.data
     return datasets.DataConfig(dataset=d.dataset, data_dir=d.data_dir, train_split=d.train_split,
                                eval_split=d.eval_split, image_size=d.image_size,
-                               cache=d.cache_dataset, seed=cfg.run.seed)
+                               cache=d.cache_dataset, seed=cfg.run.seed,
+                               on_bad_image=d.on_bad_image)
 
 
 def derived_steps(cfg: Experiment, num_train_examples: int) -> dict:
@@ -307,7 +308,25 @@ def tf_identity(x):
 
 
 def main(spec: TrainerSpec, flag_values, argv: list[str], print_fn=print) -> dict:
-    """Runs the job the parsed `flag_values` ask for; returns the result dict."""
+    """Runs the job the parsed `flag_values` ask for; returns the result dict.
+
+    A bad image met by an input pipeline with --on_bad_image=stop exits 2 with the one line that
+    names it; with skip, the number of images skipped is printed at the end."""
+    from common.data import datasets
+    try:
+        result = _job(spec, flag_values, argv, print_fn)
+    except Exception as e:  # tf.data hands the pipeline's BadImageError on as an OpError
+        message = datasets.bad_image_message(e)
+        if message is None:
+            raise
+        die(message)
+    if datasets.skipped_images():
+        print_fn(f"skipped {datasets.skipped_images()} bad image(s) of the dataset "
+                 "(--on_bad_image=skip).", flush=True)
+    return result
+
+
+def _job(spec: TrainerSpec, flag_values, argv: list[str], print_fn=print) -> dict:
     from common.data import datasets
     from common.training import checkpoints
 

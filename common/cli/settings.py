@@ -43,6 +43,11 @@ class DataSettings:
     eval_split: str = setting("validation", "Evaluation split.")
     image_size: int = setting(224, "Input size; <= 32 selects the CIFAR stem.")
     cache_dataset: bool = setting(False, "Cache the decoded dataset in memory.")
+    on_bad_image: str = setting(
+        "stop", "An image that cannot be decoded or has another shape than the dataset declares: "
+        "stop with an error naming the example's index, or skip it (a warning names it; the count "
+        "is printed at the end and written as data/skipped_images); docs/DECISIONS.md 29.",
+        choices=("stop", "skip"))
 
     def errors(self) -> list[str]:
         # The smallest stem, the CIFAR one (image_size <= 32), downsamples by 8 over the network;
@@ -332,7 +337,7 @@ class Experiment:
 RESUMABLE_CHANGES = frozenset({
     "train_steps", "train_epochs", "checkpoint_steps", "checkpoint_epochs", "keep_checkpoint_max",
     "train_summary_steps", "eval_batch_size", "eval_split", "deterministic", "knn_every_steps",
-    "knn_bank_split", "on_nonfinite",
+    "knn_bank_split", "on_nonfinite", "on_bad_image",
     "use_tpu", "tpu_name", "tpu_zone", "gcp_project", "master", "cpu_replicas",
     "mode", "model_dir", "eval_timeout", "final_linear_eval", "final_eval_corruption_examples",
     "export_eval_model",

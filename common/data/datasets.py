@@ -12,6 +12,15 @@ Both sources accept TFDS split syntax ('train', 'train[:10%]', 'test[:1000]', 't
 and shard a split over input pipelines in contiguous example ranges (`tfds.even_splits`: the first
 `N mod n` pipelines get one example more).
 
+Bad images (TFDS source): the pipelines decode the stored PNG/JPEG bytes themselves and check
+each image's shape against the one the dataset declares. `DataConfig.on_bad_image` says what an
+undecodable or wrongly shaped image does: 'stop' raises BadImageError naming the dataset, split,
+example index and the reason; 'skip' drops the example, prints a warning naming it (the first
+BAD_IMAGE_WARNINGS of a process) and counts it (`skipped_images()`). A dropped example never gets
+a stream position (the examples are dropped as they are read, before shuffling and numbering), so
+the stream stays a pure function of the configuration and resumption stays exact. The Debian
+source is checked whole when its files are read.
+
 Determinism and exact resumption: the training pipelines shuffle with a fixed seed, repeat, then
 number the examples of the stream with `.enumerate()`; every example's augmentation seed is a
 stateless function of (cfg.seed, input pipeline id, position in the stream, view). So a stream is a
@@ -27,7 +36,9 @@ import functools
 import gzip
 import math
 import os
+import re
 import struct
+import threading
 from typing import Callable, Mapping
 
 import numpy as np
@@ -43,6 +54,7 @@ FASHION_MNIST_DIR_ENV = "FASHION_MNIST_DIR"
 #: The embedded default dataset's name.
 FASHION_MNIST = "fashion_mnist"
 FASHION_MNIST_NUM_CLASSES = 10
+_FASHION_MNIST_SHAPE = (28, 28, 1)
 # split -> (images file, labels file), the names of the original release kept by Debian.
 _FASHION_MNIST_FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
@@ -57,6 +69,17 @@ _SPLIT_SYNTAX_HELP = ("Splits use TFDS syntax: 'train', 'train[:10%]', 'train[:1
 
 class DataError(ValueError):
     """The dataset, split or files asked for cannot be read; the message says how to fix it."""
+
+
+class BadImageError(DataError):
+    """An image of the dataset cannot be decoded or has the wrong shape (on_bad_image='stop');
+    the one-line message names the dataset, split, example index and the reason."""
+
+
+#: What an undecodable or wrongly shaped image does (DataConfig.on_bad_image).
+BAD_IMAGE_MODES = ("stop", "skip")
+#: Skipped images a process names in a warning line; later ones are only counted.
+BAD_IMAGE_WARNINGS = 20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,6 +102,9 @@ class DataConfig:
         order (`read_in_file_order`); e.g. a few-label subset from common.evaluation.subsets.
         Stored as a sorted tuple of unique ints (a list or numpy array is converted); left out
         of the repr.
+      on_bad_image: an image that cannot be decoded or has another shape than the dataset
+        declares: 'stop' raises BadImageError (naming the example) when the pipeline reaches it;
+        'skip' drops it as it is read, warns and counts it (`skipped_images()`).
     """
     dataset: str = FASHION_MNIST
     data_dir: str | None = None
@@ -90,6 +116,7 @@ class DataConfig:
     seed: int = 0
     num_parallel_calls: int = tf.data.AUTOTUNE
     train_indices: tuple | None = dataclasses.field(default=None, repr=False)
+    on_bad_image: str = "stop"
 
     def __post_init__(self):
         if not isinstance(self.dataset, str) or not self.dataset:
@@ -103,6 +130,9 @@ class DataConfig:
                             f"got {self.shuffle_buffer!r}.")
         if not isinstance(self.seed, int):
             raise DataError(f"DataConfig.seed must be an int, got {self.seed!r}.")
+        if self.on_bad_image not in BAD_IMAGE_MODES:
+            raise DataError(f"DataConfig.on_bad_image must be one of {BAD_IMAGE_MODES}, got "
+                            f"{self.on_bad_image!r}.")
         if self.train_indices is not None:
             object.__setattr__(self, "train_indices", _normalise_indices(self.train_indices))
 
@@ -203,6 +233,12 @@ def _load_fashion_mnist_cached(directory: str, split: str, stamp: tuple):
     images_file, labels_file = _FASHION_MNIST_FILES[split]
     images = read_idx(os.path.join(directory, images_file), _IDX_IMAGES_MAGIC)
     labels = read_idx(os.path.join(directory, labels_file), _IDX_LABELS_MAGIC)
+    if images.shape[1:] != _FASHION_MNIST_SHAPE[:2]:
+        raise DataError(f"{os.path.join(directory, images_file)} holds images of "
+                        f"{images.shape[1]}x{images.shape[2]} pixels; Fashion-MNIST's are "
+                        f"{_FASHION_MNIST_SHAPE[0]}x{_FASHION_MNIST_SHAPE[1]}. Reinstall "
+                        "dataset-fashion-mnist (`apt-get install --reinstall "
+                        "dataset-fashion-mnist`).")
     if images.shape[0] != labels.shape[0]:
         raise DataError(f"{images_file} holds {images.shape[0]} images but {labels_file} holds "
                         f"{labels.shape[0]} labels in {directory}; reinstall dataset-fashion-mnist "
@@ -303,12 +339,74 @@ def _tfds_builder(name: str, data_dir: str | None):
             "imagenet2012 (list: tfds.list_builders()).") from e
 
 
+class _BadImageLog:
+    """The bad images a process has met: raises BadImageError in 'stop' mode; in 'skip' mode
+    counts each distinct example once (a later epoch meets it again) and names the first
+    BAD_IMAGE_WARNINGS in a warning line. Called from the input pipelines (from tf.data's threads,
+    hence the lock) only when an image is bad."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._seen = set()
+
+    @property
+    def skipped(self) -> int:
+        return len(self._seen)
+
+    def report(self, mode: str, where: str, reason: str) -> None:
+        message = f"Bad image in {where}: {reason}."
+        if mode == "stop":
+            raise BadImageError(
+                f"{message} Pass --on_bad_image=skip to skip and count such images, or repair "
+                "or rebuild the dataset.")
+        with self._lock:
+            if where in self._seen:
+                return
+            self._seen.add(where)
+            n = len(self._seen)
+        if n <= BAD_IMAGE_WARNINGS:
+            print(f"warning: skipped {message[0].lower()}{message[1:-1]} "
+                  f"(--on_bad_image=skip; {n} skipped so far).", flush=True)
+        if n == BAD_IMAGE_WARNINGS:
+            print(f"warning: {BAD_IMAGE_WARNINGS} bad images named; later ones are counted, not "
+                  "named.", flush=True)
+
+
+_BAD_IMAGES = _BadImageLog()
+
+
+def skipped_images() -> int:
+    """Distinct bad images the input pipelines of this process have dropped so far
+    (on_bad_image='skip'), each counted once however often it is read (every epoch, every
+    evaluation pass). Counted when read: the training pipeline reads ahead of the step by its
+    shuffle buffer and prefetching."""
+    return _BAD_IMAGES.skipped
+
+
+_BAD_IMAGE_MESSAGE = re.compile(r"Bad image in [^\n]*? Pass --on_bad_image=skip[^\n]*? dataset\.")
+
+
+def bad_image_message(error: BaseException) -> str | None:
+    """The one-line BadImageError message inside an error raised by an input pipeline (tf.data
+    hands the exception on as a tf.errors.OpError carrying its text), else None."""
+    if isinstance(error, BadImageError):
+        return str(error)
+    m = _BAD_IMAGE_MESSAGE.search(str(error))
+    return m.group(0) if m else None
+
+
+# Raw examples are decoded in groups of this many: each group's nested dataset (which lets one
+# undecodable image drop out without failing the pipeline) then costs little per example.
+_DECODE_GROUP = 32
+
+
 class _TfdsSource:
     """A TFDS image-classification dataset, prepared on first use."""
 
     source = "tfds"
 
-    def __init__(self, name: str, data_dir: str | None):
+    def __init__(self, name: str, data_dir: str | None, on_bad_image: str = "stop"):
+        self.on_bad_image = on_bad_image
         self.builder = _tfds_builder(name, data_dir)
         features = self.builder.info.features
         keys = list(features.keys()) if hasattr(features, "keys") else []
@@ -326,7 +424,6 @@ class _TfdsSource:
                             "take 1 (grayscale) or 3 (RGB) channels.")
         self._prepare(name)
         info = self.builder.info
-        self._as_supervised = tuple(info.supervised_keys or ()) == ("image", "label")
         self.info = DatasetInfo(
             name=name, num_classes=int(features["label"].num_classes),
             num_examples={s: int(v.num_examples) for s, v in info.splits.items()},
@@ -364,29 +461,142 @@ class _TfdsSource:
             return sum((sizes[i.splitname] if i.to is None else i.to) - (i.from_ or 0)
                        for i in instrs)
         # Split sizes unknown (e.g. mocked TFDS): count what the reader declares.
-        n = int(self.read(split, index, count, False, 0, False).cardinality())
+        n = int(self.raw(split, index, count, False, 0)[0].cardinality())
         if n < 0:
             raise DataError(f"TFDS does not know how many examples {self.info.name} {split!r} "
                             "holds; prepare the dataset (`tfds build`) so that its split sizes "
                             "are recorded.")
         return n
 
+    def raw(self, split: str, index: int, count: int, shuffle_files: bool, seed: int,
+            file_order: bool = False) -> tuple[tf.data.Dataset, str | None]:
+        """Pipeline `index` of `count`'s share of `split`, undecoded: (dataset of (key, encoded
+        image bytes, label int32), file). With `file_order`, the shard files front to back.
+
+        A share within one file (every split of datasets up to a shard's size, ~1 GB) is read
+        in that file's order, so key = the record's index in `file` (int64, counted here); else
+        key = TFDS's tfds_id string '<file>__<record>' and file = None (TFDS's ids cost ~0.2 ms
+        of reading per example, which the one-file case saves)."""
+        split_arg = self._split_arg(split, index, count)
+        try:
+            files = self.builder.info.splits[split_arg].file_instructions
+        except Exception:  # noqa: BLE001 -- split sizes unknown (e.g. mocked TFDS): use the ids
+            files = []
+        one_file = len(files) == 1
+        options = dict(try_autocache=False, add_tfds_id=not one_file)
+        read_config = (tfds.ReadConfig(interleave_cycle_length=1, **options) if file_order else
+                       tfds.ReadConfig(shuffle_seed=seed, **options))
+        ds = self.builder.as_dataset(split=split_arg, shuffle_files=shuffle_files,
+                                     read_config=read_config,
+                                     decoders={"image": tfds.decode.SkipDecoding()})
+        if one_file:
+            ds = ds.enumerate(start=files[0].skip)
+            return ds.map(lambda i, ex: (i, ex["image"], tf.cast(ex["label"], tf.int32))), \
+                os.path.basename(files[0].filename)
+        return ds.map(lambda ex: (ex["tfds_id"], ex["image"], tf.cast(ex["label"], tf.int32))), None
+
+    def decode(self, raw: tf.data.Dataset, file: str | None = None) -> tf.data.Dataset:
+        """(image, label int32) of the (key, encoded image, label) examples of `raw` (keys and
+        `file` as `raw` returns them), in order, each image decoded as TFDS decodes it
+        (tf.io.decode_image with the declared channels and dtype) and checked against the
+        declared shape (height, width, channels where declared; 1 or 3 channels where not). A
+        bad image stops the pipeline with BadImageError or is dropped and counted, as
+        self.on_bad_image says."""
+        feature = self.builder.info.features["image"]
+        declared = tuple(feature.shape)
+        channels = declared[-1] or 0
+        dtype = tf.dtypes.as_dtype(feature.np_dtype)
+        mode = self.on_bad_image
+
+        def decode_one(j, encoded):
+            image = tf.io.decode_image(encoded, channels=channels, dtype=dtype,
+                                       expand_animations=False)  # always [h, w, c]
+            shape = tf.shape(image, out_type=tf.int64)
+            ok = tf.constant(True)
+            for axis, size in enumerate(declared):
+                if size is not None:
+                    ok = tf.logical_and(ok, tf.equal(shape[axis], size))
+            if not channels:
+                ok = tf.logical_and(ok, tf.logical_or(tf.equal(shape[2], 1), tf.equal(shape[2], 3)))
+            return j, image, ok
+
+        def report(undecodable, wrong, shape):
+            """Reports the keys `undecodable` [u] and `wrong` [w] (w <= 1; its image's shape
+            [3]); runs only when one is non-empty and returns 0, on which the stream depends."""
+            def call(undecodable, wrong, shape):
+                reason = f"shape {[int(d) for d in shape]}, expected {_expected_shape(declared)}"
+                for keys, why in ((undecodable, "undecodable bytes"), (wrong, reason)):
+                    for key in keys:  # 'stop' raises at the first
+                        tfds_id = f"{file}__{int(key)}" if file is not None else key
+                        _BAD_IMAGES.report(mode, self._describe(tfds_id), why)
+                return np.int64(0)
+            return tf.numpy_function(call, [undecodable, wrong, shape], tf.int64, stateful=True)
+
+        def group(keys, encoded, labels):
+            n = tf.shape(keys, out_type=tf.int64)[0]
+            # ignore_errors drops an image whose bytes do not decode; the scan finds the gap in
+            # the group positions j and reports the dropped ones, the sentinel j = n ends it.
+            good = tf.data.Dataset.from_tensor_slices((tf.range(n), encoded)).map(
+                decode_one).ignore_errors()
+            sentinel = tf.data.Dataset.from_tensors(
+                (n, tf.zeros([0, 0, max(channels, 1)], dtype), tf.constant(True)))
+
+            def check(expected, element):
+                j, image, shape_ok = element
+                example = j < n
+                wrong = tf.logical_and(example, tf.logical_not(shape_ok))
+                # One branch per element, taken only when something is bad.
+                reported = tf.cond(
+                    tf.logical_or(j > expected, wrong),
+                    lambda: report(keys[expected:j], keys[j:j + tf.cast(wrong, tf.int64)],
+                                   tf.shape(image, out_type=tf.int64)),
+                    lambda: tf.constant(0, tf.int64))
+                keep = tf.logical_and(tf.logical_and(example, shape_ok), tf.equal(reported, 0))
+                return j + 1, (j, image, keep)
+
+            out = good.concatenate(sentinel).scan(tf.constant(0, tf.int64), check)
+            out = out.filter(lambda j, image, keep: keep)
+            return out.map(lambda j, image, keep: (image, tf.gather(labels, j)))
+
+        # block_length >= group size and deterministic: the groups' examples come out in order.
+        return raw.batch(_DECODE_GROUP).interleave(
+            group, cycle_length=tf.data.AUTOTUNE, block_length=_DECODE_GROUP,
+            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+    def _describe(self, tfds_id: bytes) -> str:
+        """'<dataset> split '<split>', example <i> (<file>, record <r>)' of a tfds_id
+        ('<file>__<r>'); i is the example's index in the whole split in file order."""
+        tfds_id = tfds_id.decode() if isinstance(tfds_id, bytes) else str(tfds_id)
+        file, _, record = tfds_id.rpartition("__")
+        if not hasattr(self, "_shard_offsets"):
+            offsets = {}
+            for split_name, info in self.builder.info.splits.items():
+                start = 0
+                for filename, length in zip(info.filenames, info.shard_lengths):
+                    offsets[filename] = (split_name, start)
+                    start += int(length)
+            self._shard_offsets = offsets
+        if file in self._shard_offsets and record.isdigit():
+            split_name, start = self._shard_offsets[file]
+            return (f"{self.info.name} split '{split_name}', example {start + int(record)} "
+                    f"({file}, record {record})")
+        return f"{self.info.name} example {tfds_id}"
+
     def read(self, split: str, index: int, count: int, shuffle_files: bool, seed: int,
              cache: bool) -> tf.data.Dataset:
-        read_config = tfds.ReadConfig(shuffle_seed=seed, try_autocache=False)
-        ds = self.builder.as_dataset(split=self._split_arg(split, index, count),
-                                     shuffle_files=shuffle_files, read_config=read_config,
-                                     as_supervised=self._as_supervised)
-        if not self._as_supervised:
-            ds = ds.map(lambda ex: (ex["image"], ex["label"]), num_parallel_calls=tf.data.AUTOTUNE)
-        ds = ds.map(lambda image, label: (image, tf.cast(label, tf.int32)))
+        ds = self.decode(*self.raw(split, index, count, shuffle_files, seed))
         return ds.cache() if cache else ds
+
+
+def _expected_shape(declared: tuple) -> str:
+    dims = ", ".join("any" if d is None else str(d) for d in declared[:2])
+    return f"[{dims}, {declared[2]}]" if declared[2] else f"[{dims}] with 1 or 3 channels"
 
 
 def _open_source(cfg: DataConfig):
     if cfg.dataset == FASHION_MNIST and cfg.data_dir is None:
         return _DebianSource()
-    return _TfdsSource(cfg.dataset, cfg.data_dir)
+    return _TfdsSource(cfg.dataset, cfg.data_dir, cfg.on_bad_image)
 
 
 def is_prepared(cfg: DataConfig) -> bool:
@@ -488,21 +698,27 @@ def read_in_file_order(cfg: DataConfig, split: str | None = None, index: int = 0
     front to back (no file shuffling, interleave cycle length 1), i.e. the order of
     `builder.as_dataset(split, shuffle_files=False,
     read_config=tfds.ReadConfig(interleave_cycle_length=1))` and of its 'file_name' feature.
+    With cfg.on_bad_image='skip' a bad image's example is left out, so the examples after it come
+    one place earlier than their index.
     """
     split = cfg.train_split if split is None else split
     return _read_in_file_order(_open_source(cfg), split, index, count)
 
 
-def _read_in_file_order(source, split: str, index: int, count: int) -> tf.data.Dataset:
-    if isinstance(source, _DebianSource):
-        return source.read(split, index, count, shuffle_files=False, seed=0, cache=False)
-    read_config = tfds.ReadConfig(interleave_cycle_length=1, try_autocache=False)
-    ds = source.builder.as_dataset(split=source._split_arg(split, index, count),
-                                   shuffle_files=False, read_config=read_config,
-                                   as_supervised=source._as_supervised)
-    if not source._as_supervised:
-        ds = ds.map(lambda ex: (ex["image"], ex["label"]))
-    return ds.map(lambda image, label: (image, tf.cast(label, tf.int32)))
+def _read_in_file_order(source, split: str, index: int, count: int,
+                        keep: np.ndarray | None = None) -> tf.data.Dataset:
+    """With `keep` (bool [n], one per example of the share in file order), only the examples it
+    marks; selected by their position before any is decoded, so a bad image dropped along the way
+    shifts no other example's position."""
+    debian = isinstance(source, _DebianSource)
+    ds, file = ((source.read(split, index, count, shuffle_files=False, seed=0, cache=False), None)
+                if debian else
+                source.raw(split, index, count, shuffle_files=False, seed=0, file_order=True))
+    if keep is not None:
+        keep = tf.constant(keep)
+        ds = ds.enumerate().filter(lambda i, example: tf.gather(keep, i))
+        ds = ds.map(lambda i, example: example)
+    return ds if debian else source.decode(ds, file)
 
 
 def _split_positions(source, split: str, index: int, count: int) -> np.ndarray:
@@ -548,8 +764,8 @@ def train_examples(cfg: DataConfig) -> int:
 def _subset_examples(cfg: DataConfig, source, layout: _Layout) -> tf.data.Dataset:
     """(image, label) of the examples of cfg.train_indices in this pipeline's share, file order.
 
-    The whole share is read and filtered (every example is decoded once per pass unless
-    cfg.cache, which then keeps only the subset).
+    The whole share is read and filtered before decoding (only the subset's images are decoded;
+    cfg.cache keeps the decoded subset).
     """
     wanted = np.asarray(cfg.train_indices, np.int64)
     total = source.num_examples(cfg.train_split, 0, 1)
@@ -562,10 +778,8 @@ def _subset_examples(cfg: DataConfig, source, layout: _Layout) -> tf.data.Datase
         raise DataError(f"Input pipeline {layout.pipeline_id} of {layout.num_pipelines} gets no "
                         f"example of DataConfig.train_indices ({len(wanted)} indices of split "
                         f"{cfg.train_split!r}); use a larger subset or fewer workers.")
-    keep = tf.constant(keep)
-    ds = _read_in_file_order(source, cfg.train_split, layout.pipeline_id, layout.num_pipelines)
-    ds = ds.enumerate().filter(lambda i, example: tf.gather(keep, i))
-    ds = ds.map(lambda i, example: example)
+    ds = _read_in_file_order(source, cfg.train_split, layout.pipeline_id, layout.num_pipelines,
+                             keep=keep)
     return ds.cache() if cfg.cache else ds
 
 
@@ -686,27 +900,30 @@ def eval_dataset(cfg: DataConfig, aug_cfg: aug_lib.AugmentConfig, split: str | N
 
     Yields {'image': [b, S, S, 3] float32, 'label': [b] int32, 'mask': [b] float32}, eval_steps()
     batches per replica. image = aug_lib.eval_preprocess(x, aug_cfg); mask is 1 on real examples
-    and 0 on the zero padding that fills the last batches, so sum(mask) over all replicas = N.
+    and 0 on the zero padding that fills the last batches, so sum(mask) over all replicas = N
+    (N minus the images dropped with cfg.on_bad_image='skip').
     """
     _check_sizes(cfg, aug_cfg)
     layout = _layout(global_batch_size, input_context)
     split = cfg.eval_split if split is None else split
     source = _open_source(cfg)
     batches = _eval_batches(source, split, layout)
-    mine = source.num_examples(split, layout.pipeline_id, layout.num_pipelines)
     size = cfg.image_size
 
     def preprocess(image, label):
         image = tf.ensure_shape(aug_lib.eval_preprocess(image, aug_cfg), [size, size, 3])
         return {"image": image, "label": label, "mask": tf.constant(1.0, tf.float32)}
 
+    # Padding up to the fixed number of batches; with on_bad_image='skip' the images dropped
+    # leave more of it (the split's size counts them).
     padding = tf.data.Dataset.from_tensors({
         "image": tf.zeros([size, size, 3], tf.float32),
         "label": tf.constant(0, tf.int32),
-        "mask": tf.constant(0.0, tf.float32)}).repeat(batches * layout.batch - mine)
+        "mask": tf.constant(0.0, tf.float32)}).repeat()
     ds = source.read(split, layout.pipeline_id, layout.num_pipelines, shuffle_files=False,
                      seed=cfg.seed, cache=False)
     ds = ds.map(preprocess, num_parallel_calls=cfg.num_parallel_calls).concatenate(padding)
+    ds = ds.take(batches * layout.batch)
     ds = ds.batch(layout.batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
     return ds.with_options(_options())
 

@@ -12,7 +12,6 @@ import signal
 import numpy as np
 import pytest
 import tensorflow as tf
-from absl import flags
 
 from common import testing
 from common.data import augment as augment_lib
@@ -356,24 +355,7 @@ def _toy_spec():
 
 
 def _run_job(*argv):
-    """common.cli.job.main on parsed flags, in-process; returns (exit status, stderr, stdout)."""
-    import contextlib
-    import io
-
-    from common.cli import flags as flags_lib
-    from common.cli import job
-    spec = _toy_spec()
-    fv = flags.FlagValues()
-    flags_lib.define(fv, spec.presets, spec.default_preset)
-    fv(["train.py", *argv])
-    err, out = io.StringIO(), io.StringIO()
-    code = 0
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
-        try:
-            job.main(spec, fv, ["train.py", *argv])
-        except SystemExit as e:
-            code = e.code
-    return code, err.getvalue(), out.getvalue()
+    return testing.run_job(_toy_spec(), *argv)
 
 
 @pytest.mark.parametrize("args, message", [

@@ -288,16 +288,22 @@ class Pretrainer:
             "--on_nonfinite=skip to skip such steps.")
 
     def _guard_scalars(self) -> dict:
-        """Summaries of the guards: `nonfinite_skipped`, steps skipped so far (with 'skip')."""
+        """Summaries of the guards: `nonfinite_skipped`, steps skipped so far (with 'skip'), and
+        `data/skipped_images`, distinct bad images the process's input pipelines dropped so far
+        (with on_bad_image='skip'; a host-side count, read once per report)."""
+        out = {}
+        if getattr(self.data_cfg, "on_bad_image", "stop") == "skip":  # data_cfg may be None
+            out["data/skipped_images"] = data_lib.skipped_images()
         if self.cfg.on_nonfinite != "skip":
-            return {}
+            return out
         skipped = self.skipped_steps
         if skipped > self._skipped_reported:
             self.print_fn(f"warning: skipped {skipped - self._skipped_reported} step(s) with a NaN "
                           f"or Inf (--on_nonfinite=skip); {skipped} so far in this process.",
                           flush=True)
             self._skipped_reported = skipped
-        return {"nonfinite_skipped": skipped}
+        out["nonfinite_skipped"] = skipped
+        return out
 
     def _preempted_at(self, step: int) -> None:
         self.preempted = True
