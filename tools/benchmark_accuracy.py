@@ -17,7 +17,7 @@ held-out part of train, three seeds each, evaluated on test; a table and the plo
      extra rows (C-BYOL with b(z|y) from the other view; C-SimCLR and C-BYOL with beta = 0, same
      heads), with their algorithm's tuned configuration;
   3. tools/evaluate.py scores every final run on --test_split: linear (logistic regression, L2
-     searched on a tenth of train), kNN, mean accuracy under the 15 corruptions x 5 severities on
+     searched on a tenth of --probe_split), kNN, mean accuracy under the 15 corruptions x 5 severities on
      the first --corruption_examples test images; the same suite scores the encoder randomly
      initialised (one per seed) and logistic regression on raw pixels (`baseline`, in-process);
   4. <output_dir>/results.json (every run: row, seed, configuration, metrics, wall times, commands),
@@ -54,8 +54,8 @@ flags.DEFINE_list("algorithms", ["simclr", "csimclr", "byol", "cbyol"], "Algorit
 flags.DEFINE_list("extra_rows", ["cbyol_other_view", "csimclr_beta0", "cbyol_beta0"],
                   "Extra rows trained with their algorithm's tuned configuration.")
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds of the final runs (and of the random encoders).")
-flags.DEFINE_integer("train_steps", 240, "Pretraining steps of every final run.")
-flags.DEFINE_integer("tune_steps", 120, "Pretraining steps of every tuning run.")
+flags.DEFINE_integer("train_steps", 90, "Pretraining steps of every final run.")
+flags.DEFINE_integer("tune_steps", 30, "Pretraining steps of every tuning run.")
 flags.DEFINE_integer("train_batch_size", 128, "Pretraining batch of every run.")
 flags.DEFINE_list("learning_rates", ["2.0", "4.0"], "Learning rates tried by every algorithm.")
 flags.DEFINE_list("simclr_temperature", ["0.1", "0.2"], "SimCLR's second knob: temperatures.")
@@ -64,12 +64,16 @@ flags.DEFINE_list("csimclr_kappa_b", ["10", "5"], "C-SimCLR's second knob: kappa
 flags.DEFINE_list("byol_ema_alpha", ["0.98", "0.99"], "BYOL's second knob: the EMA rate.")
 flags.DEFINE_list("cbyol_kappa_b", ["5", "10"], "C-BYOL's second knob: kappa_b.")
 flags.DEFINE_string("train_split", "train", "Pretraining split of the final runs.")
+flags.DEFINE_string("probe_split", "train[:10000]", "Labelled split the final runs' linear probe "
+                    "and kNN are fitted on (its first tenth picks the L2 strength).")
+flags.DEFINE_float("width_multiplier", 0.125, "ResNet-18 width of every run (the demo uses 0.25; "
+                   "0.125 halves the step time, so the budget fits two hours on a 2-core AVX2 CPU).")
 flags.DEFINE_string("test_split", "test", "Split every final number is reported on.")
 flags.DEFINE_string("tune_train_split", "train[:50000]", "Pretraining split of the tuning runs.")
-flags.DEFINE_string("tune_fit_split", "train[:10000]", "Features the tuning's logistic "
+flags.DEFINE_string("tune_fit_split", "train[:5000]", "Features the tuning's logistic "
                     "regression is fitted on (part of --tune_train_split).")
-flags.DEFINE_string("tune_holdout_split", "train[50000:]", "Held-out split the tuning scores on.")
-flags.DEFINE_integer("corruption_examples", 250, "Test images corrupted (15 corruptions x 5 "
+flags.DEFINE_string("tune_holdout_split", "train[55000:]", "Held-out split the tuning scores on.")
+flags.DEFINE_integer("corruption_examples", 100, "Test images corrupted (15 corruptions x 5 "
                      "severities each).")
 flags.DEFINE_string("trainer_flags", "", "Extra flags for every <algo>/train.py (e.g. a tiny model "
                     "for a smoke test), space-separated.")
@@ -100,15 +104,15 @@ COMPARISONS = (("csimclr", "simclr"), ("cbyol", "byol"), ("csimclr", "csimclr_be
 METRICS = (("linear_top_1", "linear top-1"), ("knn_top_1", "kNN top-1"),
            ("corruption_accuracy", "mean accuracy under corruptions"))
 
-# Cost model of the estimate (seconds), from the demo's preset on a 2-core machine of the kind the
-# project targets: ~290 images/s of pretraining at batch 128 (840 steps in about 6 minutes). The
-# others are estimates, not measurements: process start-up (TensorFlow import, tracing, pipeline),
-# frozen-feature extraction, a logistic-regression fit on 60k features, the corruption grid.
-TRAIN_IMAGES_PER_S = 290.0
+# Cost model of the estimate (seconds) on a 2-core AVX2 CPU (AMD EPYC, no AVX-512), the default
+# width 0.125 at batch 128: ~90 images/s of pretraining averaged over the four algorithms (C-BYOL
+# 79, measured with tools/benchmark.py). Start-up (TensorFlow import, tracing, pipeline), feature
+# extraction, the logistic-regression fit and the corruption grid are rough figures.
+TRAIN_IMAGES_PER_S = 90.0
 START_UP_S = 25.0
-FEATURE_IMAGES_PER_S = 1500.0
+FEATURE_IMAGES_PER_S = 600.0
 LINEAR_FIT_S_PER_1K = 0.4
-CORRUPTED_IMAGES_PER_S = 600.0
+CORRUPTED_IMAGES_PER_S = 300.0
 SEVERITIES = 5
 NUM_CORRUPTIONS = 15
 
@@ -347,6 +351,7 @@ def _train_argv(algo: str, hp: dict, seed: int, steps: int, split: str, model_di
              f"--model_dir={model_dir}", "--mode=train", f"--train_steps={steps}",
              f"--train_batch_size={FLAGS.train_batch_size}", f"--train_split={split}",
              f"--seed={seed}", f"--train_summary_steps={summary}",
+             f"--width_multiplier={_fmt_value(FLAGS.width_multiplier)}",
              f"--checkpoint_steps={max(1, min(60, steps))}"]
             + [f"--{k}={_fmt_value(v)}" for k, v in hp.items()] + list(extra)
             + shlex.split(FLAGS.trainer_flags))
@@ -405,7 +410,7 @@ def final_rows() -> list[tuple[str, str, tuple]]:
 def final_runs(best: dict) -> list[Run]:
     """The final runs; `best` maps an algorithm to its tuned configuration (None: not known yet)."""
     runs = []
-    ev = _eval_estimate(FLAGS.train_split, FLAGS.test_split, FLAGS.corruption_examples)
+    ev = _eval_estimate(FLAGS.probe_split, FLAGS.test_split, FLAGS.corruption_examples)
     for row, algo, extra in final_rows():
         hp = best.get(algo) or {}
         for seed in (int(s) for s in FLAGS.seeds):
@@ -413,21 +418,21 @@ def final_runs(best: dict) -> list[Run]:
             runs.append(Run("final", row, seed, md, hp,
                             _train_argv(algo, hp, seed, FLAGS.train_steps, FLAGS.train_split, md,
                                         extra),
-                            _eval_argv(md, "linear,knn,corruptions", FLAGS.train_split,
+                            _eval_argv(md, "linear,knn,corruptions", FLAGS.probe_split,
                                        FLAGS.test_split, corruption_split()),
                             FLAGS.train_steps, _train_estimate(FLAGS.train_steps), ev))
     return runs
 
 
 def baseline_runs(like: str) -> list[Run]:
-    ev = _eval_estimate(FLAGS.train_split, FLAGS.test_split, FLAGS.corruption_examples) - START_UP_S
+    ev = _eval_estimate(FLAGS.probe_split, FLAGS.test_split, FLAGS.corruption_examples) - START_UP_S
     out = []
     for kind, seeds in (("random_init", [int(s) for s in FLAGS.seeds]), ("raw_pixels", [0])):
         for seed in seeds:
             md = os.path.join(FLAGS.runs_dir, "baselines", kind, f"seed{seed}")
             argv = [_python(), "tools/benchmark_accuracy.py", "baseline", f"--kind={kind}",
                     f"--like={like}", f"--seed={seed}", f"--baseline_dir={md}",
-                    f"--train_split={FLAGS.train_split}", f"--test_split={FLAGS.test_split}",
+                    f"--probe_split={FLAGS.probe_split}", f"--test_split={FLAGS.test_split}",
                     f"--corruption_examples={FLAGS.corruption_examples}"]
             if FLAGS.eval_flags:
                 argv.append(f"--eval_flags={FLAGS.eval_flags}")
@@ -487,12 +492,11 @@ def _finished_evaluation(run: Run) -> dict | None:
 def _run_command(argv: list, log_path: str) -> tuple[int, float]:
     """Runs argv from the repository root, output to the terminal and to log_path (appended)."""
     os.makedirs(os.path.dirname(log_path), exist_ok=True)
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
     t0 = time.perf_counter()
     with open(log_path, "a") as log:
         log.write(f"$ {shlex.join(argv)}\n")
         log.flush()
-        proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+        proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True)
         for line in proc.stdout:
             log.write(line)
@@ -652,7 +656,7 @@ def _budget() -> dict:
     return {k: FLAGS[k].value for k in (
         "algorithms", "extra_rows", "seeds", "train_steps", "tune_steps", "train_batch_size",
         "learning_rates", "simclr_temperature", "csimclr_kappa_b", "byol_ema_alpha",
-        "cbyol_kappa_b", "train_split", "test_split", "tune_train_split", "tune_fit_split",
+        "cbyol_kappa_b", "train_split", "probe_split", "width_multiplier", "test_split", "tune_train_split", "tune_fit_split",
         "tune_holdout_split", "corruption_examples", "trainer_flags", "eval_flags")}
 
 
@@ -727,7 +731,7 @@ def baseline(kind: str, like: str, seed: int, out_dir: str) -> dict:
                                  step=0)
     data = settings.DataSettings(**run["data"])
     data_cfg = datasets.DataConfig(dataset=data.dataset, data_dir=data.data_dir,
-                                   train_split=FLAGS.train_split, eval_split=FLAGS.test_split,
+                                   train_split=FLAGS.probe_split, eval_split=FLAGS.test_split,
                                    image_size=data.image_size, seed=seed)
     aug_cfg = job.augment_config(settings.AugmentSettings(**run["augment"]), data.image_size)
     extra = _eval_overrides()

@@ -28,6 +28,18 @@ def test_restart_excludes_what_ran_before_it_from_rate_and_eta():
     assert "2.00 steps/s, 16 img/s | ETA 0m40s" in lines[-1]
 
 
+def test_a_report_after_no_step_shows_no_rate_instead_of_zero():
+    clock, lines = FakeClock(), []
+    p = reporting.Progress(1, 8, start_step=0, keys=(), print_fn=lambda s, **k: lines.append(s),
+                           clock=clock)
+    clock.now = 30.0          # a one-step run: its only step is the start-up step
+    p.restart(1)
+    scalars = p.report(1, {"loss": 1.0})
+    assert "steps_per_sec" not in scalars and "images_per_sec" not in scalars
+    assert "0.00 steps/s" not in lines[-1] and "no rate yet" in lines[-1]
+    assert scalars["loss"] == 1.0
+
+
 def test_train_runs_the_first_step_alone_and_says_how_long_start_up_took(tmp_path, monkeypatch):
     lines = []
     tr = testing.tiny_pretrainer(testing.ToyContrastive, str(tmp_path), steps=3,

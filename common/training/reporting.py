@@ -74,18 +74,22 @@ class Progress:
 
     def report(self, step: int, metrics: dict, extra: dict | None = None) -> dict:
         now = self._clock()
-        dt = max(now - self._last_t, 1e-9)
-        steps_per_s = (step - self._last_step) / dt
         scalars = dict(metrics)
         scalars.update(extra or {})
-        scalars["steps_per_sec"] = steps_per_s
-        scalars["images_per_sec"] = steps_per_s * self.batch_size
-        eta = (self.total - step) / steps_per_s if steps_per_s > 0 else float("inf")
+        if step > self._last_step:
+            steps_per_s = (step - self._last_step) / max(now - self._last_t, 1e-9)
+            scalars["steps_per_sec"] = steps_per_s
+            scalars["images_per_sec"] = steps_per_s * self.batch_size
+            eta = (self.total - step) / steps_per_s
+            rate = (f"{steps_per_s:.2f} steps/s, {scalars['images_per_sec']:.0f} img/s | "
+                    f"ETA {format_duration(eta)}")
+        else:
+            # No step since the clock (re)started, e.g. a run whose only step was the start-up
+            # step: there is no rate to show, and a 0 would read as a stalled run.
+            rate = "no rate yet (only the start-up step ran)"
         shown = " ".join(f"{k}={scalars[k]:.4g}" for k in self.keys if k in scalars)
         self.print_fn(f"step {step}/{self.total} ({100.0 * step / max(self.total, 1):.0f}%) | "
-                      f"{steps_per_s:.2f} steps/s, {scalars['images_per_sec']:.0f} img/s | "
-                      f"ETA {format_duration(eta) if eta != float('inf') else '?'} | {shown}",
-                      flush=True)
+                      f"{rate} | {shown}", flush=True)
         if self.writer is not None:
             with self.writer.as_default(step=step):
                 for k, v in scalars.items():

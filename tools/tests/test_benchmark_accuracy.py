@@ -149,10 +149,10 @@ def test_unequal_tuning_budgets_and_bad_commands_stop_with_exit_2(tmp_path):
 
 TINY = ["--algorithms=csimclr", "--extra_rows=", "--seeds=0", "--train_steps=2", "--tune_steps=2",
         "--train_batch_size=16", "--learning_rates=1.0", "--csimclr_kappa_b=5",
-        "--train_split=train[:256]", "--test_split=test[:100]", "--tune_train_split=train[:256]",
+        "--train_split=train[:256]", "--probe_split=train[:256]", "--test_split=test[:100]", "--tune_train_split=train[:256]",
         "--tune_fit_split=train[:128]", "--tune_holdout_split=train[256:384]",
-        "--corruption_examples=20",
-        "--trainer_flags=--width_multiplier=0.0625 --image_size=16 --proj_head_hidden_dim=16 "
+        "--corruption_examples=20", "--width_multiplier=0.0625",
+        "--trainer_flags=--image_size=16 --proj_head_hidden_dim=16 "
         "--proj_out_dim=8 --eval_batch_size=64",
         "--eval_flags=--eval_batch_size=64 --corruptions=gaussian_noise,contrast"]
 
