@@ -17,9 +17,12 @@ held-out part of train, three seeds each, evaluated on test; a table and the plo
      extra rows (C-BYOL with b(z|y) from the other view; C-SimCLR and C-BYOL with beta = 0, same
      heads), with their algorithm's tuned configuration;
   3. tools/evaluate.py scores every final run on --test_split: linear (logistic regression, L2
-     searched on a tenth of --probe_split), kNN, mean accuracy under the 15 corruptions x 5 severities on
-     the first --corruption_examples test images; the same suite scores the encoder randomly
-     initialised (one per seed) and logistic regression on raw pixels (`baseline`, in-process);
+     searched on a tenth of --probe_split), kNN, mean accuracy under the 15 corruptions x 5
+     severities on the first --corruption_examples test images; the same suite scores the encoder
+     randomly initialised (one per seed) and logistic regression on raw pixels (`baseline`,
+     in-process);
+     the final runs' earlier checkpoints (every --checkpoint_steps) are scored too, linear only,
+     for the plot of accuracy against training time;
   4. <output_dir>/results.json (every run: row, seed, configuration, metrics, wall times, commands),
      <output_dir>/table.md (mean +- sample std over seeds; differences within the seeds' spread
      reported as no difference) and the PNGs.
@@ -55,6 +58,9 @@ flags.DEFINE_list("extra_rows", ["cbyol_other_view", "csimclr_beta0", "cbyol_bet
                   "Extra rows trained with their algorithm's tuned configuration.")
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds of the final runs (and of the random encoders).")
 flags.DEFINE_integer("train_steps", 90, "Pretraining steps of every final run.")
+flags.DEFINE_integer("checkpoint_steps", 60, "Checkpoint interval of every run. The final runs' "
+                     "checkpoints before the last are scored too (linear, --probe_split on "
+                     "--test_split): the points of accuracy against training time.")
 flags.DEFINE_integer("tune_steps", 30, "Pretraining steps of every tuning run.")
 flags.DEFINE_integer("train_batch_size", 128, "Pretraining batch of every run.")
 flags.DEFINE_list("learning_rates", ["2.0", "4.0"], "Learning rates tried by every algorithm.")
@@ -67,7 +73,8 @@ flags.DEFINE_string("train_split", "train", "Pretraining split of the final runs
 flags.DEFINE_string("probe_split", "train[:10000]", "Labelled split the final runs' linear probe "
                     "and kNN are fitted on (its first tenth picks the L2 strength).")
 flags.DEFINE_float("width_multiplier", 0.125, "ResNet-18 width of every run (the demo uses 0.25; "
-                   "0.125 halves the step time, so the budget fits two hours on a 2-core AVX2 CPU).")
+                   "0.125 halves the step time, so the budget fits about two hours on a 2-core "
+                   "AVX2 CPU).")
 flags.DEFINE_string("test_split", "test", "Split every final number is reported on.")
 flags.DEFINE_string("tune_train_split", "train[:50000]", "Pretraining split of the tuning runs.")
 flags.DEFINE_string("tune_fit_split", "train[:5000]", "Features the tuning's logistic "
@@ -345,16 +352,40 @@ def _slice_start(split: str, total: int) -> int:
 
 
 def _train_argv(algo: str, hp: dict, seed: int, steps: int, split: str, model_dir: str,
-                extra: tuple = ()) -> list:
+                extra: tuple = (), final: bool = False) -> list:
     summary = max(1, min(20, steps))
+    if final:  # a summary at every checkpoint: its wall time places the checkpoint's score
+        summary = math.gcd(summary, _checkpoint_every(steps))
     return ([_python(), f"{algo}/train.py",
              f"--model_dir={model_dir}", "--mode=train", f"--train_steps={steps}",
              f"--train_batch_size={FLAGS.train_batch_size}", f"--train_split={split}",
              f"--seed={seed}", f"--train_summary_steps={summary}",
              f"--width_multiplier={_fmt_value(FLAGS.width_multiplier)}",
-             f"--checkpoint_steps={max(1, min(60, steps))}"]
+             f"--checkpoint_steps={_checkpoint_every(steps)}"]
             + [f"--{k}={_fmt_value(v)}" for k, v in hp.items()] + list(extra)
             + shlex.split(FLAGS.trainer_flags))
+
+
+def _checkpoint_every(steps: int) -> int:
+    return max(1, min(FLAGS.checkpoint_steps, steps))
+
+
+def curve_steps(run: Run) -> list[int]:
+    """The steps of a final run's checkpoints before its last, each scored for the curve of
+    accuracy against training time (the last is the run's own evaluation)."""
+    every = _checkpoint_every(run.steps)
+    return list(range(every, run.steps, every)) if run.stage == "final" else []
+
+
+def curve_dir(model_dir: str, step: int) -> str:
+    return os.path.join(model_dir, f"evaluation-step{step}")
+
+
+def _curve_argv(run: Run, step: int) -> list:
+    argv = _eval_argv(os.path.join(run.model_dir, f"ckpt-{step}"), "linear", FLAGS.probe_split,
+                      FLAGS.test_split)
+    out = f"--output_dir={curve_dir(run.model_dir, step)}"
+    return [out if a.startswith("--output_dir=") else a for a in argv]
 
 
 def _eval_argv(model_dir: str, evals: str, train_split: str, eval_split: str,
@@ -417,7 +448,7 @@ def final_runs(best: dict) -> list[Run]:
             md = os.path.join(FLAGS.runs_dir, "final", row, f"seed{seed}")
             runs.append(Run("final", row, seed, md, hp,
                             _train_argv(algo, hp, seed, FLAGS.train_steps, FLAGS.train_split, md,
-                                        extra),
+                                        extra, final=True),
                             _eval_argv(md, "linear,knn,corruptions", FLAGS.probe_split,
                                        FLAGS.test_split, corruption_split()),
                             FLAGS.train_steps, _train_estimate(FLAGS.train_steps), ev))
@@ -593,6 +624,38 @@ def execute(run: Run, clock: Clock, index: int, total: int, in_process=None) -> 
     return record
 
 
+def _curve_estimate() -> float:
+    return _eval_estimate(FLAGS.probe_split, FLAGS.test_split, 0)
+
+
+def score_checkpoints(run: Run, record: dict, clock: Clock) -> dict:
+    """Scores each checkpoint of curve_steps(run) with tools/evaluate.py (linear; reused when
+    its evaluation.json exists at that step) and stores {step: linear top-1} as record['curve'];
+    returns the record."""
+    curve = {}
+    for step in curve_steps(run):
+        path = os.path.join(curve_dir(run.model_dir, step), "evaluation.json")
+        evaluation = read_json(path)
+        if evaluation is None or evaluation.get("step") != step or "results" not in evaluation:
+            argv = _curve_argv(run, step)
+            _say(f"{run.stage} {run.name}: scoring ckpt-{step} (estimate "
+                 f"{_format_seconds(_curve_estimate())}) | {clock.line()}\n  $ {_shown(argv)}")
+            log = os.path.join(FLAGS.runs_dir, "logs", run.name.replace(os.sep, "-") + ".log")
+            code, seconds = _run_command(argv, log)
+            if code != 0:
+                _die(f"{_shown(argv)} failed with status {code}; see {log}.")
+            clock.account(_curve_estimate(), seconds)
+            evaluation = read_json(path)
+            if evaluation is None or evaluation.get("step") != step:
+                _die(f"{path} is missing or not at step {step} after the evaluation; see {log}.")
+        else:
+            clock.total -= _curve_estimate()
+        curve[str(step)] = evaluation["results"]["linear"]["top_1"]
+    record["curve"] = curve
+    write_json(_record_path(run), record)
+    return record
+
+
 def select_best(records: list[dict]) -> dict:
     """{algorithm: {'best': hparams, 'scores': [(hparams, held-out top-1)]}}; ties go to the
     configuration listed first."""
@@ -612,7 +675,9 @@ def cmd_plan() -> None:
     tune = tuning_runs()
     final = final_runs({})
     base = baseline_runs(final[0].model_dir)
-    total = sum(r.estimate_train + r.estimate_eval for r in tune + final + base)
+    curve = [(r, step) for r in final for step in curve_steps(r)]
+    total = (sum(r.estimate_train + r.estimate_eval for r in tune + final + base)
+             + len(curve) * _curve_estimate())
     for stage, runs in (("tuning", tune), ("final", final), ("baselines", base)):
         est = sum(r.estimate_train + r.estimate_eval for r in runs)
         _say(f"{stage}: {len(runs)} runs, estimate {_format_seconds(est)}")
@@ -620,6 +685,10 @@ def cmd_plan() -> None:
             if r.train_argv:
                 print("  " + _shown(r.train_argv))
             print("  " + _shown(r.eval_argv))
+    _say(f"accuracy against training time: {len(curve)} earlier checkpoints of the final runs, "
+         f"estimate {_format_seconds(len(curve) * _curve_estimate())}")
+    for r, step in curve:
+        print("  " + _shown(_curve_argv(r, step)))
     _say(f"total estimate {_format_seconds(total)} (final runs use each algorithm's tuned "
          "learning rate and second knob, added to their commands once tuning has finished)")
 
@@ -631,10 +700,13 @@ def cmd_run() -> None:
     placeholder_final = final_runs({})
     base_est = baseline_runs(placeholder_final[0].model_dir)
     all_runs = tune + placeholder_final + base_est
-    clock = Clock(sum(r.estimate_train + r.estimate_eval for r in all_runs))
+    n_curve = sum(len(curve_steps(r)) for r in placeholder_final)
+    clock = Clock(sum(r.estimate_train + r.estimate_eval for r in all_runs)
+                  + n_curve * _curve_estimate())
     total = len(all_runs)
     _say(f"{len(tune)} tuning runs, {len(placeholder_final)} final runs, {len(base_est)} baseline "
-         f"evaluations; estimate {_format_seconds(clock.total)} on a 2-core machine")
+         f"evaluations, {n_curve} earlier checkpoints scored; estimate "
+         f"{_format_seconds(clock.total)} on a 2-core machine")
     tune_records = [execute(r, clock, i + 1, total) for i, r in enumerate(tune)]
     _say(f"tuning finished | {clock.line()}")
     tuning = select_best(tune_records)
@@ -649,15 +721,18 @@ def cmd_run() -> None:
         records.append(execute(r, clock, len(tune) + len(final) + i + 1, total,
                                in_process=lambda r=r: baseline(r.row, final[0].model_dir, r.seed,
                                                                r.model_dir)))
+    for r, record in zip(final, records):
+        score_checkpoints(r, record, clock)
     report(tune_records + records, tuning, time.perf_counter() - t0)
 
 
 def _budget() -> dict:
     return {k: FLAGS[k].value for k in (
-        "algorithms", "extra_rows", "seeds", "train_steps", "tune_steps", "train_batch_size",
-        "learning_rates", "simclr_temperature", "csimclr_kappa_b", "byol_ema_alpha",
-        "cbyol_kappa_b", "train_split", "probe_split", "width_multiplier", "test_split", "tune_train_split", "tune_fit_split",
-        "tune_holdout_split", "corruption_examples", "trainer_flags", "eval_flags")}
+        "algorithms", "extra_rows", "seeds", "train_steps", "tune_steps", "checkpoint_steps",
+        "train_batch_size", "learning_rates", "simclr_temperature", "csimclr_kappa_b",
+        "byol_ema_alpha", "cbyol_kappa_b", "train_split", "probe_split", "width_multiplier",
+        "test_split", "tune_train_split", "tune_fit_split", "tune_holdout_split",
+        "corruption_examples", "trainer_flags", "eval_flags")}
 
 
 def report(records: list[dict], tuning: dict, seconds: float | None) -> dict:
@@ -817,11 +892,34 @@ def _evaluation(model_dir: str) -> dict | None:
     return read_json(os.path.join(model_dir, "evaluation", "evaluation.json"))
 
 
+def _scored_checkpoints(model_dir: str, scalars: dict, evaluation: dict | None) -> dict:
+    """{step: (wall seconds since the run started, linear top-1 on test)} of the run's scored
+    checkpoints: <model_dir>/evaluation-step<N>/evaluation.json and the final
+    evaluation/evaluation.json; a step's time is that of its training summary."""
+    times = {}
+    for tag in ("loss", "probe_acc"):
+        for step, wall, _ in scalars.get(tag, []):
+            times.setdefault(step, wall)
+    if not times:
+        return {}
+    origin = _time_origin(model_dir, min(times.values()))
+    found = [evaluation] if evaluation else []
+    if os.path.isdir(model_dir):
+        found += [read_json(os.path.join(model_dir, d, "evaluation.json"))
+                  for d in sorted(os.listdir(model_dir)) if d.startswith("evaluation-step")]
+    out = {}
+    for e in found:
+        if e and e.get("step") in times and "linear" in e.get("results", {}):
+            out[e["step"]] = (times[e["step"]] - origin, e["results"]["linear"]["top_1"])
+    return out
+
+
 def plot_runs(model_dirs: list[str], output_dir: str) -> list[str]:
     """Writes the PNGs of the runs in model_dirs (grouped by row label) into output_dir:
-    probe_accuracy.png: the online linear probe's accuracy on the training batches against wall
-      time since the run's first summary (mean over a row's runs, band min..max), and the final
-      linear-evaluation top-1 as a marker at the run's end;
+    probe_accuracy.png: left, the linear evaluation on test (top-1) of every scored checkpoint
+      (`evaluation-step<N>/` and the final `evaluation/`) against the wall time of its step since
+      the run started; right, the online linear probe's accuracy on the training batches (a
+      diagnostic); mean over a row's runs, band min..max;
     ceb_terms.png: residual information I(X;Z|Y) and the -log e, -log b terms over steps, one curve
       per run of a C-variant;
     information_plane.png: residual information against the contrastive bound I(Y;Z) over training,
@@ -848,8 +946,20 @@ def plot_runs(model_dirs: list[str], output_dir: str) -> list[str]:
         plt.close(fig)
         written.append(path)
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, (ax, ax_online) = plt.subplots(1, 2, figsize=(13, 4.5))
     for i, (label, runs) in enumerate(groups.items()):
+        color = f"C{i % 10}"
+        # Left: linear evaluation on test of every scored checkpoint, at its step's wall time.
+        points = [_scored_checkpoints(md, s, e) for md, s, e in runs]
+        points = [p for p in points if p]
+        common = sorted(set.intersection(*[set(p) for p in points])) if points else []
+        if common:
+            t = np.array([[p[k][0] for k in common] for p in points])
+            y = np.array([[p[k][1] for k in common] for p in points])
+            ax.plot(t.mean(0), y.mean(0), color=color, marker="o",
+                    label=f"{label} ({len(points)} runs)")
+            ax.fill_between(t.mean(0), y.min(0), y.max(0), color=color, alpha=0.2)
+        # Right: the online probe on the training batches, a diagnostic.
         have = [(md, s["probe_acc"]) for md, s, _ in runs if s.get("probe_acc")]
         if not have:
             continue
@@ -861,20 +971,18 @@ def plot_runs(model_dirs: list[str], output_dir: str) -> list[str]:
         t = np.array([[dict((s, w) for s, w, _ in c)[k] - o for k in steps]
                       for c, o in zip(curves, origins)])
         y = np.array([[dict((s, v) for s, _, v in c)[k] for k in steps] for c in curves])
-        color = f"C{i % 10}"
-        ax.plot(t.mean(0), y.mean(0), color=color, marker=".",
-                label=f"{label} ({len(curves)} runs)")
-        ax.fill_between(t.mean(0), y.min(0), y.max(0), color=color, alpha=0.2)
-        finals = [e["results"]["linear"]["top_1"] for _, _, e in runs
-                  if e and "linear" in e.get("results", {})]
-        if finals:
-            ax.errorbar([t.mean(0)[-1]], [np.mean(finals)], yerr=[[np.mean(finals) - min(finals)],
-                        [max(finals) - np.mean(finals)]], fmt="o", color=color)
-    ax.set_xlabel("wall time since the run started (s)")
-    ax.set_ylabel("accuracy")
-    ax.set_title("online linear probe on training batches (lines, band: min-max over seeds);\n"
-                 "linear evaluation on test at the end (dots)", fontsize=9)
-    ax.legend(fontsize=8)
+        ax_online.plot(t.mean(0), y.mean(0), color=color, marker=".", label=label)
+        ax_online.fill_between(t.mean(0), y.min(0), y.max(0), color=color, alpha=0.2)
+    for a in (ax, ax_online):
+        a.set_xlabel("wall time since the run started (s)")
+        a.set_ylabel("accuracy")
+        if a.get_legend_handles_labels()[0]:
+            a.legend(fontsize=8)
+    ax.set_title("linear evaluation on test of each checkpoint\n(mean; band: min-max over "
+                 "seeds)", fontsize=9)
+    ax_online.set_title("online linear probe on training batches (diagnostic: it shares the "
+                        "pretraining\nlearning rate and can diverge at high rates; mean, band "
+                        "min-max)", fontsize=9)
     save(fig, "probe_accuracy.png")
 
     tags = (("i_xzx_y", "residual information I(X;Z|Y) (nats)"),

@@ -128,6 +128,24 @@ def test_plot_reads_event_files_and_writes_the_pngs(tmp_path):
         assert data[:8] == PNG_MAGIC and len(data) > 10_000, path
 
 
+def test_scored_checkpoints_pair_each_evaluation_with_its_steps_wall_time(tmp_path):
+    run = tmp_path / "run"
+    _write_run(run, "C-SimCLR", {20: {"loss": 3.0}, 40: {"loss": 2.0}},
+               {"step": 40, "results": {"linear": {"top_1": 0.8}}})
+    for step, top_1 in ((20, 0.6), (30, 0.7)):  # step 30 has no summary: no time, left out
+        (run / f"evaluation-step{step}").mkdir()
+        (run / f"evaluation-step{step}" / "evaluation.json").write_text(
+            json.dumps({"step": step, "results": {"linear": {"top_1": top_1}}}))
+    scalars = bench.read_scalars(str(run / "train"))
+    walls = {step: wall for step, wall, _ in scalars["loss"]}
+    got = bench._scored_checkpoints(str(run), scalars, json.loads(
+        (run / "evaluation" / "evaluation.json").read_text()))
+    assert sorted(got) == [20, 40]
+    assert [got[k][1] for k in (20, 40)] == [0.6, 0.8]
+    # No config.json: the clock starts at the first summary.
+    assert got[20][0] == 0.0 and got[40][0] == pytest.approx(walls[40] - walls[20])
+
+
 def _bench(*args, timeout=900):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     return subprocess.run([sys.executable, str(ROOT / "tools" / "benchmark_accuracy.py"), *args],
@@ -149,9 +167,10 @@ def test_unequal_tuning_budgets_and_bad_commands_stop_with_exit_2(tmp_path):
 
 TINY = ["--algorithms=csimclr", "--extra_rows=", "--seeds=0", "--train_steps=2", "--tune_steps=2",
         "--train_batch_size=16", "--learning_rates=1.0", "--csimclr_kappa_b=5",
-        "--train_split=train[:256]", "--probe_split=train[:256]", "--test_split=test[:100]", "--tune_train_split=train[:256]",
+        "--train_split=train[:256]", "--probe_split=train[:256]", "--test_split=test[:100]",
+        "--tune_train_split=train[:256]",
         "--tune_fit_split=train[:128]", "--tune_holdout_split=train[256:384]",
-        "--corruption_examples=20", "--width_multiplier=0.0625",
+        "--corruption_examples=20", "--width_multiplier=0.0625", "--checkpoint_steps=1",
         "--trainer_flags=--image_size=16 --proj_head_hidden_dim=16 "
         "--proj_out_dim=8 --eval_batch_size=64",
         "--eval_flags=--eval_batch_size=64 --corruptions=gaussian_noise,contrast"]
@@ -178,6 +197,12 @@ def test_the_whole_command_on_a_tiny_model_then_reuses_every_finished_run(tmp_pa
     evaluation = json.loads((runs / "final" / "csimclr" / "seed0" / "evaluation" /
                              "evaluation.json").read_text())
     assert evaluation["step"] == 2
+    # ckpt-1, the final run's earlier checkpoint, is scored for accuracy against training time.
+    earlier = json.loads((runs / "final" / "csimclr" / "seed0" / "evaluation-step1" /
+                          "evaluation.json").read_text())
+    assert earlier["step"] == 1
+    assert final["curve"] == {"1": earlier["results"]["linear"]["top_1"]}
+    assert "--train_summary_steps=1" in final["train_command"].split()
     grid = evaluation["results"]["corruptions"]["accuracy"]
     assert final["metrics"]["linear_top_1"] == evaluation["results"]["linear"]["top_1"]
     assert final["metrics"]["knn_top_1"] == evaluation["results"]["knn"]["top_1"]
@@ -200,6 +225,7 @@ def test_the_whole_command_on_a_tiny_model_then_reuses_every_finished_run(tmp_pa
     assert second.returncode == 0, second.stdout[-4000:] + second.stderr[-4000:]
     assert second.stdout.count(": reused (finished") == 4, second.stdout
     assert ": training (" not in second.stdout and ": evaluating (" not in second.stdout
+    assert ": scoring ckpt-" not in second.stdout
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     again = json.loads((out / "results.json").read_text())
     assert again["rows"] == results["rows"]
