@@ -164,6 +164,34 @@ def test_a_split_over_several_files_names_each_bad_example_by_its_file_and_recor
                 "bytes") in out
 
 
+def test_a_bad_record_in_a_later_shard_is_named_by_its_index_in_the_whole_split(
+        tmp_path, capsys, fresh_log):
+    # The same dataset written as two shards per split; the record corrupted is the second of the
+    # second train shard, so its index in the split is the first shard's length + 1.
+    path = str(tmp_path / "sharded")
+    BadImagesTiny(data_dir=path).download_and_prepare(
+        download_config=tfds.download.DownloadConfig(num_shards=2))
+    shards = sorted(tfds.builder("bad_images_tiny", data_dir=path).info.splits["train"].filepaths)
+    assert len(shards) == 2
+    records = [[r.numpy() for r in tf.data.TFRecordDataset(str(f))] for f in shards]
+    first = len(records[0])  # counted in the file itself, not taken from TFDS's metadata
+    bad = tf.train.Example.FromString(records[1][1])
+    del bad.features.feature["image"].bytes_list.value[:]
+    bad.features.feature["image"].bytes_list.value.append(GARBAGE)
+    records[1][1] = bad.SerializeToString()
+    with tf.io.TFRecordWriter(str(shards[1])) as writer:
+        for r in records[1]:
+            writer.write(r)
+    where = (f"bad_images_tiny split 'train', example {first + 1} "
+             f"({os.path.basename(shards[1])}, record 1): undecodable bytes")
+    with pytest.raises(Exception) as e:
+        list(data_lib.read_in_file_order(_cfg(path, "stop"), "train").as_numpy_iterator())
+    assert f"Bad image in {where}." in data_lib.bad_image_message(e.value)
+    got = list(data_lib.read_in_file_order(_cfg(path, "skip"), "train").as_numpy_iterator())
+    assert len(got) == N["train"] - 1 and data_lib.skipped_images() == 1
+    assert f"warning: skipped bad image in {where}" in capsys.readouterr().out
+
+
 def test_a_subset_selects_by_index_before_bad_images_are_dropped(data_dir):
     aug = augment_lib.simclr_config(SIZE)
     cfg = _cfg(data_dir, "skip", train_indices=(1, 2, 3, 5, 7))
