@@ -116,24 +116,33 @@ def tiny_pretrainer(method_fn, model_dir: str, steps: int = 3, batch: int = 8,
                                   print_fn=print_fn)
 
 
-def run_train_py(package: str, *flags: str, timeout: int = 600):
+def _xla_flag(xla: bool | None) -> list:
+    """The --jit_compile flag put before a test's own flags (which may override it): tests train
+    without XLA unless they say otherwise (None: the preset's default, XLA for the small-scale
+    presets), because compiling every tiny run's step would add 10-25 s to each."""
+    return [] if xla is None else [f"--jit_compile={xla}"]
+
+
+def run_train_py(package: str, *flags: str, timeout: int = 600, xla: bool | None = False):
     """Runs `python <package>/train.py flags...` as a user would; returns the CompletedProcess.
 
-    stdout and stderr are merged into `.stdout` (text).
+    stdout and stderr are merged into `.stdout` (text). `xla`: see `_xla_flag`.
     """
     import os
     import subprocess
     import sys
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    return subprocess.run([sys.executable, os.path.join(root, package, "train.py"), *flags],
+    return subprocess.run([sys.executable, os.path.join(root, package, "train.py"),
+                           *_xla_flag(xla), *flags],
                           cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True, timeout=timeout)
 
 
-def run_job(spec, *argv: str) -> tuple:
+def run_job(spec, *argv: str, xla: bool | None = False) -> tuple:
     """`common.cli.job.main` of the TrainerSpec `spec` on the flags argv, in-process (no TF import
-    per run); returns (exit status, stderr, stdout), status 0 when the job returns."""
+    per run); returns (exit status, stderr, stdout), status 0 when the job returns. `xla`: see
+    `_xla_flag`."""
     import contextlib
     import io
 
@@ -141,6 +150,7 @@ def run_job(spec, *argv: str) -> tuple:
 
     from common.cli import flags as flags_lib
     from common.cli import job
+    argv = (*_xla_flag(xla), *argv)
     fv = flags.FlagValues()
     flags_lib.define(fv, spec.presets, spec.default_preset)
     fv(["train.py", *argv])
@@ -154,21 +164,24 @@ def run_job(spec, *argv: str) -> tuple:
     return code, err.getvalue(), out.getvalue()
 
 
-def train_resume_eval(package: str, model_dir: str, *extra: str) -> dict:
+def train_resume_eval(package: str, model_dir: str, *extra: str,
+                      xla: bool | None = False) -> dict:
     """The life of a small run: 2 steps, a resumed run to 4 steps with evaluation, then the eval
-    job, which must find the final checkpoint and exit. Returns the parsed result.json and logs."""
+    job, which must find the final checkpoint and exit. Returns the parsed result.json and logs.
+    `xla`: see `_xla_flag`."""
     import json
     import os
     small = ["--train_batch_size=16", "--eval_batch_size=250", "--eval_split=test[:500]",
              "--checkpoint_steps=2", "--train_summary_steps=1", f"--model_dir={model_dir}", *extra]
-    first = run_train_py(package, "--train_steps=2", "--mode=train", *small)
+    first = run_train_py(package, "--train_steps=2", "--mode=train", *small, xla=xla)
     assert first.returncode == 0, first.stdout[-4000:]
     assert os.path.exists(os.path.join(model_dir, "ckpt-2.index")), first.stdout[-2000:]
-    second = run_train_py(package, "--train_steps=4", "--mode=train_then_eval", *small)
+    second = run_train_py(package, "--train_steps=4", "--mode=train_then_eval", *small, xla=xla)
     assert second.returncode == 0, second.stdout[-4000:]
     assert "Resumed from" in second.stdout and "at step 2" in second.stdout, second.stdout[-2000:]
     assert os.path.exists(os.path.join(model_dir, "ckpt-4.index"))
-    third = run_train_py(package, "--train_steps=4", "--mode=eval", "--eval_timeout=30", *small)
+    third = run_train_py(package, "--train_steps=4", "--mode=eval", "--eval_timeout=30", *small,
+                         xla=xla)
     assert third.returncode == 0, third.stdout[-4000:]
     assert "eval step 4" in third.stdout, third.stdout[-2000:]
     # Python-side INFO logging (absl's format, e.g. a line per checkpoint save) stays off.
@@ -181,12 +194,12 @@ def train_resume_eval(package: str, model_dir: str, *extra: str) -> dict:
     return {"result": result, "logs": (first.stdout, second.stdout, third.stdout)}
 
 
-def check_small_run(package: str, tmp_path) -> None:
+def check_small_run(package: str, tmp_path, xla: bool | None = False) -> None:
     """train_resume_eval plus the checks every trainer must pass: step, examples, accuracies in
-    range, config.json and TensorBoard events written."""
+    range, config.json and TensorBoard events written. `xla`: see `_xla_flag`."""
     import os
     run = os.path.join(str(tmp_path), "run")
-    result = train_resume_eval(package, run)["result"]
+    result = train_resume_eval(package, run, xla=xla)["result"]
     assert result["global_step"] == 4
     assert result["num_examples"] == 500
     assert 0.0 <= result["label_top_1_accuracy"] <= result["label_top_5_accuracy"] <= 1.0
@@ -222,6 +235,7 @@ def check_presets(configs_module, paper: dict) -> None:
     small = flat_config(configs_module.PRESETS[configs_module.DEFAULT])
     assert small["dataset"] == "fashion_mnist" and small["train_steps"] == 840
     assert small["resnet_depth"] == 18 and small["width_multiplier"] == 0.25
+    assert small["jit_compile"] is True  # XLA: faster on CPUs for every algorithm (DECISIONS 30)
 
 
 def record_calls(monkeypatch, owner, attr: str) -> list:

@@ -4,8 +4,12 @@ import json
 from common import testing
 
 
-def test_train_checkpoint_resume_and_eval(tmp_path):
-    testing.check_small_run("cbyol", tmp_path)
+def test_train_checkpoint_resume_and_eval_at_the_default_xla(tmp_path):
+    # The demo's trainer runs its default: the step compiled with XLA (the other trainers' tests
+    # turn it off to save the compilations).
+    testing.check_small_run("cbyol", tmp_path, xla=None)
+    stored = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert stored["config"]["run"]["jit_compile"] is True
 
 
 def test_flags_that_would_silently_disable_compression_are_refused(tmp_path):

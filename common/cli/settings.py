@@ -196,7 +196,8 @@ class RunSettings:
     keep_checkpoint_max: int = setting(5, "Checkpoints kept.")
     seed: int = setting(0, "Run seed: data order, augmentation, vMF samples, initial weights.")
     deterministic: bool = setting(False, "Enable TF op determinism (bit-exact reruns).")
-    jit_compile: bool = setting(False, "Compile the training step with XLA.")
+    jit_compile: bool = setting(False, "Compile the training step with XLA (the small-scale "
+                                "presets' default: faster on CPUs; docs/DECISIONS.md 30).")
     on_nonfinite: str = setting(
         "stop", "A NaN or Inf in the loss, a metric, a gradient or a variable: stop with an error "
         "naming the step and the value (no checkpoint of that state), or skip the step (undone, "
@@ -333,13 +334,16 @@ class Experiment:
 
 
 # Fields that may change between the runs of one model_dir: the run's length, bookkeeping,
-# evaluation and placement. Anything else differing from the stored config.json stops a resume.
+# evaluation, placement and compilation (jit_compile: XLA computes the same step, with other bits
+# for its random draws; runs stored before XLA became the small presets' default resume under it).
+# Anything else differing from the stored config.json stops a resume.
 RESUMABLE_CHANGES = frozenset({
     "train_steps", "train_epochs", "checkpoint_steps", "checkpoint_epochs", "keep_checkpoint_max",
     "train_summary_steps", "eval_batch_size", "eval_split", "deterministic", "knn_every_steps",
     "knn_bank_split", "on_nonfinite", "on_bad_image",
     "use_tpu", "tpu_name", "tpu_zone", "gcp_project", "master", "cpu_replicas",
-    "mode", "model_dir", "eval_timeout", "final_linear_eval", "final_eval_corruption_examples",
+    "jit_compile", "mode", "model_dir", "eval_timeout", "final_linear_eval",
+    "final_eval_corruption_examples",
     "export_eval_model",
     "export_train_model"})
 

@@ -20,7 +20,7 @@ def _command(model_dir, steps):
             f"--train_steps={steps}", "--mode=train", "--train_batch_size=16",
             "--train_split=train[:1024]", "--image_size=16", "--width_multiplier=0.0625",
             "--proj_head_hidden_dim=16", "--proj_out_dim=8", "--checkpoint_steps=100000",
-            "--train_summary_steps=100000"]
+            "--train_summary_steps=100000", "--jit_compile=false"]
 
 
 def test_sigterm_checkpoints_exits_0_and_the_same_command_resumes(tmp_path):

@@ -171,7 +171,7 @@ TINY = ["--algorithms=csimclr", "--extra_rows=", "--seeds=0", "--train_steps=2",
         "--tune_train_split=train[:256]",
         "--tune_fit_split=train[:128]", "--tune_holdout_split=train[256:384]",
         "--corruption_examples=20", "--width_multiplier=0.0625", "--checkpoint_steps=1",
-        "--trainer_flags=--image_size=16 --proj_head_hidden_dim=16 "
+        "--trainer_flags=--image_size=16 --proj_head_hidden_dim=16 --jit_compile=false "
         "--proj_out_dim=8 --eval_batch_size=64",
         "--eval_flags=--eval_batch_size=64 --corruptions=gaussian_noise,contrast"]
 
