@@ -4,11 +4,20 @@ import json
 from common import testing
 
 
-def test_train_checkpoint_resume_and_eval_at_the_default_xla(tmp_path):
-    # The demo's trainer runs its default: the step compiled with XLA (the other trainers' tests
-    # turn it off to save the compilations).
-    testing.check_small_run("cbyol", tmp_path, xla=None)
-    stored = json.loads((tmp_path / "run" / "config.json").read_text())
+def test_train_checkpoint_resume_and_eval(tmp_path):
+    testing.check_small_run("cbyol", tmp_path)
+
+
+def test_the_default_step_is_compiled_with_xla_and_trains(tmp_path):
+    # The demo's trainer at its default, XLA, on a tiny model (the other tests turn XLA off to
+    # save a compilation per run; tools/tests/test_xla.py compares the two steps).
+    r = testing.run_train_py("cbyol", "--train_steps=2", "--train_batch_size=8", "--mode=train",
+                             "--width_multiplier=0.0625", "--image_size=16",
+                             "--proj_head_hidden_dim=16", "--proj_out_dim=8",
+                             f"--model_dir={tmp_path}", xla=None)
+    assert r.returncode == 0, r.stdout[-3000:]
+    assert "step 2/2" in r.stdout and (tmp_path / "ckpt-2.index").exists(), r.stdout[-2000:]
+    stored = json.loads((tmp_path / "config.json").read_text())
     assert stored["config"]["run"]["jit_compile"] is True
 
 
