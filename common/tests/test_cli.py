@@ -262,8 +262,9 @@ def test_an_algorithm_outside_common_trains_through_the_same_job(tmp_path):
     assert printed["config"]["algorithm"] == {"toy_temperature": 0.25}
     assert printed["derived"]["train_steps"] == 2
 
-    # Without XLA (the small presets' default), to spare the test a compilation.
-    r = _run_toy(tmp_path, f"--model_dir={run_dir}", "--toy_temperature=0.25", "--jit_compile=false")
+    # XLA off (the small presets turn it on) to spare the test a compilation.
+    r = _run_toy(tmp_path, f"--model_dir={run_dir}", "--toy_temperature=0.25",
+                 "--jit_compile=false")
     assert r.returncode == 0, r.stdout[-3000:]
     assert (run_dir / "ckpt-2.index").exists()
     assert "probe on test[:200]: top-1" in r.stdout
